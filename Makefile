@@ -1,0 +1,38 @@
+# The two commands: `make run` and `make test`. Everything else is set up by them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SITE ?= sites/demo.yaml
+export FILMLESS_SITE := $(SITE)
+
+.PHONY: run test messages check-site clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Filmless needs Python 3.11 or newer; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,redis]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/filmless migrate
+	$(BIN)/filmless seed-demo
+	$(BIN)/filmless run
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Extract every message from Python and templates, update the catalogues.
+messages: $(VENV)/.installed
+	$(BIN)/pybabel extract --quiet -F babel.cfg -k _ -k gettext -k ngettext:1,2 --no-location --sort-output \
+		--project=Filmless -o locales/messages.pot core plugins
+	$(BIN)/pybabel update --quiet --no-fuzzy-matching -i locales/messages.pot -d locales -l es
+	$(BIN)/pybabel update --quiet --no-fuzzy-matching -i locales/messages.pot -d locales -l en
+
+check-site: $(VENV)/.installed
+	$(BIN)/filmless check-site $(SITE)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

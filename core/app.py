@@ -1,0 +1,65 @@
+"""The runtime (what web and worker share) and the app factory. Nothing here is
+module-level state: tests build several apps with different sites in one process."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pluggy
+from fastapi import FastAPI
+from huey import Huey
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import access, db, plugins, tasks, web
+from core.identity import routes as identity_routes
+from core.site import Site
+
+
+@dataclass
+class Runtime:
+    """One site's plugin manager, database and queue."""
+
+    site: Site
+    pm: pluggy.PluginManager
+    engine: Engine
+    sessions: sessionmaker[Session]
+    huey: Huey
+    tasks: list = field(default_factory=list)
+
+    def close(self) -> None:
+        plugins.call_each(self.pm, "shutdown", strict=False, runtime=self)
+        self.engine.dispose()
+
+
+def build_runtime(site: Site) -> Runtime:
+    """Wire a site's plugins, database and queue, then tell plugins we start."""
+    pm = plugins.build_manager(site.plugins)
+    engine = db.make_engine(site.config.database)
+    runtime = Runtime(site=site, pm=pm, engine=engine, sessions=db.make_sessionmaker(engine, plugins=pm),
+                      huey=tasks.make_huey(site))
+    runtime.tasks = tasks.register_core_tasks(runtime)
+    for contributed in pm.hook.tasks(runtime=runtime):
+        runtime.tasks.extend(contributed or [])
+    plugins.call_each(pm, "startup", runtime=runtime)
+    return runtime
+
+
+def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
+    """The web app of one site. Refuses to build if any route lacks an access rule."""
+    runtime = runtime or build_runtime(site)
+
+    async def lifespan(app: FastAPI):
+        yield
+        runtime.close()
+
+    app = FastAPI(title=site.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.runtime = runtime
+    web.install(app, runtime)
+    app.include_router(identity_routes.router)
+    for routers in runtime.pm.hook.routers():
+        for router in routers or []:
+            app.include_router(router)
+    undeclared = [getattr(r, "path", repr(r)) for r in access.routes(app) if access.declared_rule(r) is None]
+    if undeclared:
+        raise plugins.PluginError(f"routes without an access rule: {', '.join(undeclared)}")
+    return app

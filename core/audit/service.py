@@ -1,0 +1,87 @@
+"""The audit trail: ``record`` in the caller's transaction, ``verify`` the chain.
+
+Each event's hash is SHA-256 over a canonical JSON encoding of its fields and the
+previous event's hash, so an edited, inserted or deleted row breaks the chain.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timezone
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from core import clock
+from core.audit.models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+PENDING = "audit_pending"
+log = logging.getLogger("filmless.audit")
+
+
+def _digest(*, seq: int, at, actor: str, action: str, subject: str, detail: dict, prev_hash: str) -> str:
+    at_utc = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    canonical = json.dumps(
+        [seq, at_utc.isoformat(timespec="microseconds"), actor, action, subject, detail, prev_hash],
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record(session: Session, *, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> AuditEvent:
+    """Append one event in the caller's transaction; observers hear of it after commit."""
+    detail = json.loads(json.dumps(detail or {}, default=str))  # stored exactly as hashed
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+    fields = dict(seq=head.seq + 1, at=clock.now(), actor=actor, action=action, subject=subject,
+                  detail=detail, prev_hash=head.hash)
+    event_row = AuditEvent(**fields, hash=_digest(**fields))
+    session.add(event_row)
+    head.seq, head.hash = event_row.seq, event_row.hash
+    session.flush()
+    session.info.setdefault(PENDING, []).append(event_row)
+    return event_row
+
+
+def verify(session: Session) -> tuple[bool, str]:
+    """Walk the chain; return (ok, "ok N events") or (False, the first broken event)."""
+    prev_hash, expected_seq = GENESIS, 1
+    rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()
+    count = 0
+    for row in rows:
+        if row.seq != expected_seq:
+            return False, f"event {expected_seq} is missing (next found is {row.seq})"
+        if row.prev_hash != prev_hash:
+            return False, f"event {row.seq} does not follow event {row.seq - 1} (previous hash differs)"
+        fields = dict(seq=row.seq, at=row.at, actor=row.actor, action=row.action, subject=row.subject,
+                      detail=row.detail, prev_hash=row.prev_hash)
+        if _digest(**fields) != row.hash:
+            return False, f"event {row.seq} was changed ({row.action} on {row.subject} at {row.at:%Y-%m-%d %H:%M:%S})"
+        prev_hash, expected_seq, count = row.hash, row.seq + 1, count + 1
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq, head.hash) != (count, prev_hash):
+        return False, f"events after {count} are missing (the chain's head is event {head.seq})"
+    return True, f"ok {count} events"
+
+
+@event.listens_for(Session, "after_commit")
+def _tell_observers(session: Session) -> None:
+    written = session.info.pop(PENDING, [])
+    pm = session.info.get("plugins")
+    if not written or pm is None:
+        return
+    for row in written:
+        try:
+            pm.hook.audit_event_written(event=row)
+        except Exception:  # observers never undo the commit
+            log.exception("an audit_event_written observer failed for event %s", row.seq)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_pending(session: Session) -> None:
+    session.info.pop(PENDING, None)

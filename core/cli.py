@@ -1,0 +1,190 @@
+"""The ``filmless`` command. Every failure is one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from sqlalchemy import select
+
+DEFAULT_SITE = "sites/demo.yaml"
+
+
+class CommandError(Exception):
+    pass
+
+
+def _site(args):
+    from core.site import load_site
+
+    return load_site(args.site)
+
+
+def _runtime(args, *, schema_current: bool = True):
+    from core import db
+    from core.app import build_runtime
+
+    runtime = build_runtime(_site(args))
+    try:
+        db.check_schema(runtime.engine, runtime.pm, allow_behind=not schema_current)
+    except Exception:
+        runtime.close()
+        raise
+    return runtime
+
+
+def _port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise CommandError(f"port {port} on {host} is already in use: stop the other server or set PORT") from None
+
+
+def check_site(args) -> int:
+    from core.site import load_site
+
+    site = load_site(args.file or args.site)
+    print(f"{args.file or args.site}: ok ({site.name}; plugins: {', '.join(site.plugins) or 'none'})")
+    return 0
+
+
+def migrate(args) -> int:
+    from core import db, plugins
+
+    site = _site(args)
+    engine = db.make_engine(site.config.database)
+    try:
+        applied = db.upgrade(engine, plugins.build_manager(site.plugins))
+    finally:
+        engine.dispose()
+    print(f"migrated: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def seed_demo(args) -> int:
+    from core.audit import service as audit
+    from core.audit.models import AuditEvent
+
+    runtime = _runtime(args)
+    try:
+        with runtime.sessions() as session:
+            if session.scalar(select(AuditEvent.seq).where(AuditEvent.action == "demo.seeded").limit(1)):
+                print("demo data already present")
+                return 0
+            runtime.pm.hook.seed_demo(session=session, runtime=runtime)
+            audit.record(session, actor="system", action="demo.seeded", subject="site")
+            session.commit()
+        print("demo data loaded")
+        return 0
+    finally:
+        runtime.close()
+
+
+def audit_verify(args) -> int:
+    from core.audit import service as audit
+
+    runtime = _runtime(args)
+    try:
+        with runtime.sessions() as session:
+            ok, message = audit.verify(session)
+        print(message)
+        return 0 if ok else 1
+    finally:
+        runtime.close()
+
+
+def serve(args) -> int:
+    import uvicorn
+
+    from core.app import create_app
+
+    _port_free(args.host, args.port)
+    runtime = _runtime(args)
+    app = create_app(runtime.site, runtime)
+    print(f"{runtime.site.name}: http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    return 0
+
+
+def worker(args) -> int:
+    runtime = _runtime(args)
+    try:
+        consumer = runtime.huey.create_consumer(workers=args.workers, worker_type="thread")
+        print(f"{runtime.site.name}: worker consuming {len(runtime.tasks)} tasks", flush=True)
+        consumer.run()
+    finally:
+        runtime.close()
+    return 0
+
+
+def run(args) -> int:
+    """Web and worker together; Ctrl-C stops both."""
+    _port_free(args.host, args.port)
+    _runtime(args).close()  # refuse to start anything if the site or schema is wrong
+    env = {**os.environ, "FILMLESS_SITE": args.site}
+    worker_process = subprocess.Popen([sys.executable, "-m", "core.cli", "worker"], env=env)
+    try:
+        return serve(args)
+    finally:
+        worker_process.send_signal(signal.SIGINT)
+        try:
+            worker_process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker_process.kill()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="filmless", description="Filmless imaging patient portal.")
+    top.add_argument("--site", default=os.environ.get("FILMLESS_SITE", DEFAULT_SITE),
+                     help="site file (default: $FILMLESS_SITE or %(default)s)")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def web_options(command):
+        command.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        command.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+
+    web_options(commands.add_parser("run", help="web server and worker together"))
+    web_options(commands.add_parser("serve", help="web server only"))
+    commands.add_parser("worker", help="background worker only").add_argument("--workers", type=int, default=2)
+    commands.add_parser("migrate", help="upgrade the database to this code's schema")
+    commands.add_parser("seed-demo", help="load the demo data once")
+    check = commands.add_parser("check-site", help="validate a site file without starting")
+    check.add_argument("file", nargs="?")
+    audit = commands.add_parser("audit", help="audit trail tools")
+    audit.add_subparsers(dest="audit_command", required=True).add_parser("verify", help="check the hash chain")
+    return top
+
+
+HANDLERS = {"run": run, "serve": serve, "worker": worker, "migrate": migrate, "seed-demo": seed_demo,
+            "check-site": check_site, "audit": audit_verify}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.db import SchemaError
+    from core.plugins import PluginError
+    from core.site import SiteError
+
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return HANDLERS[args.command](args)
+    except SiteError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except (PluginError, SchemaError, CommandError) as exc:
+        print(f"filmless: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

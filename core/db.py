@@ -1,0 +1,125 @@
+"""Engine, sessions and the declarative base (DESIGN §1, §7).
+
+One engine per app. SQLite gets WAL, foreign keys and real SAVEPOINTs; any other
+URL (PostgreSQL) is used as given.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Iterator
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection, _record):
+        # pysqlite's own transaction handling breaks SAVEPOINT; take it over.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if ":memory:" not in url:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection):
+        # IMMEDIATE: writers queue on the busy timeout instead of failing when
+        # a read snapshot turns into a write (most requests write an audit event).
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessionmaker(engine_or_connection, **info) -> sessionmaker[Session]:
+    """Sessions carry ``info`` (the plugin manager) so after-commit observers can run."""
+    return sessionmaker(bind=engine_or_connection, expire_on_commit=False, info=info)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.runtime.sessions() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_session)]
+
+
+# -- migrations --------------------------------------------------------------
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class SchemaError(Exception):
+    """The database's schema does not match this code."""
+
+
+def alembic_config(connection, pm) -> "alembic.config.Config":
+    """The core's version folder plus one per enabled plugin (``migrations_dir`` hook)."""
+    from alembic.config import Config
+
+    locations = [MIGRATIONS_DIR / "versions", *[d for d in pm.hook.migrations_dir() if d]]
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(str(p) for p in locations))
+    config.attributes["connection"] = connection
+    return config
+
+
+def schema_state(connection, pm) -> tuple[set[str], set[str]]:
+    """(revisions the database is at, head revisions the code has)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(connection, pm))
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    return current, set(script.get_heads())
+
+
+def check_schema(engine: Engine, pm, *, allow_behind: bool) -> None:
+    """Refuse a database newer than the code (always) or behind it (unless migrating)."""
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as connection:
+        current, heads = schema_state(connection, pm)
+        script = ScriptDirectory.from_config(alembic_config(connection, pm))
+    known = {rev.revision for rev in script.walk_revisions()}
+    unknown = sorted(current - known)
+    if unknown:
+        raise SchemaError(f"the database is at revision {', '.join(unknown)}, which this code does not know: "
+                          "it was migrated by a newer Filmless or a plugin that is not enabled")
+    if not allow_behind and current != heads:
+        raise SchemaError("the database is not up to date: run 'filmless migrate'")
+
+
+def upgrade(engine: Engine, pm) -> list[str]:
+    """Upgrade to every head; returns the revisions applied."""
+    from alembic import command
+
+    check_schema(engine, pm, allow_behind=True)
+    with engine.begin() as connection:
+        before, _ = schema_state(connection, pm)
+        command.upgrade(alembic_config(connection, pm), "heads")
+        after, _ = schema_state(connection, pm)
+    return sorted(after - before)

@@ -1,0 +1,237 @@
+"""Every hook a Filmless plugin can implement.
+
+This module is the plugin author's reference: each docstring says when the hook
+is called, what it receives, what to return, and shows an example. Implement a
+hook with ``@hookimpl`` (``from core import hookimpl``) in your plugin's
+``__init__.py``; take only the arguments you need, by name.
+
+Kinds: *contribute* hooks return things to add (all results are used, in the
+order the site file lists the plugins); *decide* hooks vote; *observe* hooks are
+told after the fact and cannot undo anything.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("filmless")
+
+
+# -- configuration -----------------------------------------------------------
+
+@hookspec(firstresult=True)
+def settings_model():
+    """Contribute the pydantic model of this plugin's section of the site file.
+
+    Called once per plugin while the site file is validated, before anything
+    starts; only this plugin's implementation is asked. The validated object is
+    available as ``runtime.site.plugin_settings["<plugin name>"]``. A plugin
+    with nothing to configure need not implement it (its section must then be
+    empty). Use ``extra="forbid"`` so a typo is reported with its line.
+
+    Example::
+
+        class Settings(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            icode_valid_days: int = Field(90, ge=1)
+
+        @hookimpl
+        def settings_model():
+            return Settings
+    """
+
+
+# -- contribute --------------------------------------------------------------
+
+@hookspec
+def routers():
+    """Contribute FastAPI routers to mount on the app.
+
+    Called once when the app is built. Return a list of ``APIRouter``. Every
+    route must declare its access rule with ``Depends(access.rule("action"))``
+    (or ``access.public``); the app refuses to start otherwise.
+
+    Example::
+
+        router = APIRouter(prefix="/visit")
+
+        @router.get("/", dependencies=[access.public])
+        def visit_home(request: Request):
+            return render(request, "icode/home.html")
+
+        @hookimpl
+        def routers():
+            return [router]
+    """
+
+
+@hookspec
+def template_dirs():
+    """Contribute folders of Jinja2 templates.
+
+    Called once when the app is built. Return a list of ``pathlib.Path``. They
+    are searched after the site's own folder and before the core's, so a plugin
+    may override a core template; ``{% extends "core:base.html" %}`` always
+    reaches the core's. Put your templates in a sub-folder named after the
+    plugin to avoid clashes.
+
+    Example::
+
+        @hookimpl
+        def template_dirs():
+            return [Path(__file__).parent / "templates"]
+    """
+
+
+@hookspec
+def navigation(principal):
+    """Contribute menu entries for the signed-in (or anonymous) ``principal``.
+
+    Called on every page render. Return a list of ``NavEntry(label, url,
+    order=100)``; labels should already be translated (``core.i18n.gettext``).
+    Return nothing for principals who should not see the entry.
+
+    Example::
+
+        @hookimpl
+        def navigation(principal):
+            if principal.kind == "patient":
+                return [NavEntry(gettext("Schedule an exam"), "/schedule/", order=30)]
+    """
+
+
+@hookspec
+def template_slot(name, context):
+    """Fill the named slot ``name`` of a page with an HTML fragment.
+
+    Called when a template says ``{{ slot("study_actions", study=study) }}``;
+    ``context`` is a dict of the keyword arguments plus ``request``. Return a
+    string of HTML (escape anything user-supplied, e.g. with
+    ``markupsafe.escape``) or ``None`` when this plugin has nothing for this
+    slot. Fragments are joined in plugin order.
+
+    Example::
+
+        @hookimpl
+        def template_slot(name, context):
+            if name == "home_after_intro":
+                return '<p><a href="/visit/">' + gettext("Have a visit code?") + "</a></p>"
+    """
+
+
+@hookspec
+def migrations_dir():
+    """Contribute this plugin's Alembic version folder.
+
+    Called by ``filmless migrate``. Return a ``pathlib.Path``. Revisions there
+    start their own branch (``branch_labels = ("<plugin name>",)``,
+    ``depends_on`` a core revision when they reference core tables) and create
+    only the plugin's own tables.
+
+    Example::
+
+        @hookimpl
+        def migrations_dir():
+            return Path(__file__).parent / "migrations"
+    """
+
+
+@hookspec
+def tasks(runtime):
+    """Register background tasks on ``runtime.huey``.
+
+    Called once when the runtime (web or worker) is built. Register with
+    ``runtime.huey.task()`` or ``runtime.huey.periodic_task(crontab(...))``
+    and return the task objects. Open a database session in a task with
+    ``with runtime.sessions() as session:``.
+
+    Example::
+
+        @hookimpl
+        def tasks(runtime):
+            @runtime.huey.periodic_task(crontab(minute="0"))
+            def expire_codes():
+                with runtime.sessions() as session:
+                    service.expire_codes(session=session)
+                    session.commit()
+            return [expire_codes]
+    """
+
+
+@hookspec
+def seed_demo(session, runtime):
+    """Add this plugin's demo data to the demo site.
+
+    Called once by ``filmless seed-demo`` (``make run``) in one transaction;
+    the core commits it. Create only rows of your own or through core services.
+
+    Example::
+
+        @hookimpl
+        def seed_demo(session, runtime):
+            service.issue_code(session=session, visit_id="DEMO-1")
+    """
+
+
+# -- decide ------------------------------------------------------------------
+
+@hookspec
+def access_vote(principal, action, resource):
+    """Vote on whether ``principal`` may do ``action`` on ``resource``.
+
+    Called by ``access.can`` for every check. Return ``True`` to allow,
+    ``False`` to deny, ``None`` to abstain. A single ``False`` denies whatever
+    the core or other plugins say; with no allow from anyone the answer is no.
+
+    Example::
+
+        @hookimpl
+        def access_vote(principal, action, resource):
+            if action == "study.download" and principal.kind == "icode":
+                return False
+    """
+
+
+# -- observe -----------------------------------------------------------------
+
+@hookspec
+def startup(runtime):
+    """Be told that the web app or the worker is starting.
+
+    Called once, after the site is loaded and before the first request or task.
+    An exception here stops start-up with the plugin's name.
+
+    Example::
+
+        @hookimpl
+        def startup(runtime):
+            runtime.site.plugin_settings["my_plugin"].check_reachable()
+    """
+
+
+@hookspec
+def shutdown(runtime):
+    """Be told that the web app or the worker is stopping. Release resources.
+
+    Example::
+
+        @hookimpl
+        def shutdown(runtime):
+            gateway_client.close()
+    """
+
+
+@hookspec
+def audit_event_written(event):
+    """Be told of an audit event, after the transaction that wrote it committed.
+
+    ``event`` is the stored ``AuditEvent`` (``seq``, ``at``, ``actor``,
+    ``action``, ``subject``, ``detail``). An exception here is logged and
+    ignored: observers never undo the core's commit.
+
+    Example::
+
+        @hookimpl
+        def audit_event_written(event):
+            if event.action == "breakglass.open":
+                alert_privacy_officer(event)
+    """

@@ -1,0 +1,154 @@
+"""Finding, checking and wiring plugins (DESIGN §3).
+
+Plugins are found through the entry-point group ``filmless.plugins``; the
+built-in ones register there exactly like a third-party package. A site names
+the plugins it enables; each is imported, its ``meta`` checked against this
+core's version, and registered on a ``PluginManager`` that belongs to one app.
+Anything wrong stops start-up with a one-line reason naming the plugin.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Mapping
+
+import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from core import hookspecs
+
+ENTRY_POINT_GROUP = "filmless.plugins"
+PROJECT = "filmless"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+trace_log = logging.getLogger("filmless.hooks")
+
+
+@dataclass(frozen=True)
+class PluginMeta:
+    """What a plugin says about itself; its module must define ``meta = PluginMeta(...)``."""
+
+    name: str
+    version: str
+    description: str
+    core_versions: str  # a PEP 440 range, e.g. ">=0.1,<0.2"
+
+
+@dataclass(frozen=True)
+class NavEntry:
+    """A menu entry returned by the ``navigation`` hook."""
+
+    label: str
+    url: str
+    order: int = 100
+
+
+class PluginError(Exception):
+    """A plugin could not be used; the message names it and says why."""
+
+
+Registry = Mapping[str, Callable[[], ModuleType]]
+
+
+def installed() -> dict[str, Callable[[], ModuleType]]:
+    """Plugins installed in this environment, by name, each as a loader."""
+    return {ep.name: ep.load for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def core_version() -> str:
+    from core import __version__
+
+    return __version__
+
+
+def load(name: str, registry: Registry | None = None) -> ModuleType:
+    """Import plugin ``name`` and check its meta; raise ``PluginError`` if unusable."""
+    registry = installed() if registry is None else registry
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise PluginError(f"plugin '{name}' is not installed (installed: {known})")
+    try:
+        module = registry[name]()
+    except Exception as exc:  # a plugin's import error must name the plugin
+        raise PluginError(f"plugin '{name}' failed to load: {type(exc).__name__}: {exc}") from exc
+    meta = getattr(module, "meta", None)
+    if not isinstance(meta, PluginMeta):
+        raise PluginError(f"plugin '{name}' has no 'meta = PluginMeta(...)' in {module.__name__}")
+    if meta.name != name:
+        raise PluginError(f"plugin '{name}' calls itself '{meta.name}' in its meta")
+    try:
+        compatible = Version(core_version()) in SpecifierSet(meta.core_versions)
+    except InvalidSpecifier:
+        raise PluginError(f"plugin '{name}' has an invalid core_versions '{meta.core_versions}'") from None
+    if not compatible:
+        raise PluginError(
+            f"plugin '{name}' {meta.version} works with Filmless {meta.core_versions}, "
+            f"this is {core_version()}"
+        )
+    return module
+
+
+def new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def single(module: ModuleType) -> pluggy.PluginManager:
+    """A manager holding only ``module``, to ask one plugin (e.g. its ``settings_model``)."""
+    pm = new_manager()
+    pm.register(module)
+    return pm
+
+
+def build_manager(plugins: Mapping[str, ModuleType]) -> pluggy.PluginManager:
+    """A new manager with ``plugins`` (in site-file order) registered and checked."""
+    pm = new_manager()
+    # pluggy calls the last registered first; register in reverse so results
+    # come in the order the site file lists the plugins.
+    for name, module in reversed(list(plugins.items())):
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin '{name}' has an invalid hook: {exc}") from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin '{exc.plugin_name}' implements an unknown hook: {exc}") from exc
+    if os.environ.get("FILMLESS_TRACE_HOOKS") == "1":
+        trace(pm)
+    return pm
+
+
+def trace(pm: pluggy.PluginManager) -> None:
+    """Log every hook call with its implementers and results (``FILMLESS_TRACE_HOOKS=1``)."""
+
+    def before(hook_name, hook_impls, kwargs):
+        names = [impl.plugin_name for impl in hook_impls]
+        trace_log.warning("hook %s(%s) implementers=%s", hook_name, ", ".join(sorted(kwargs)), names)
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        try:
+            trace_log.warning("hook %s -> %r", hook_name, outcome.get_result())
+        except BaseException as exc:  # the exception is re-raised by pluggy itself
+            trace_log.warning("hook %s raised %r", hook_name, exc)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def call_each(pm: pluggy.PluginManager, hook: str, *, strict: bool = True, **kwargs) -> None:
+    """Call ``hook`` plugin by plugin, so a failure names the plugin that failed.
+
+    ``strict`` raises ``PluginError`` at the first failure (start-up); otherwise
+    each failure is logged and the others still run (shut-down)."""
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception as exc:
+            error = PluginError(f"plugin '{impl.plugin_name}' failed in {hook}: {type(exc).__name__}: {exc}")
+            if strict:
+                raise error from exc
+            logging.getLogger("filmless").exception(str(error))

@@ -1,0 +1,253 @@
+"""The site file: one YAML per organisation, validated before anything starts.
+
+Errors read ``sites/x.yaml:LINE: key.path: what was expected``; unknown keys are
+errors; ``${ENV_VAR}`` references are substituted and a missing one is named.
+Each enabled plugin's section is validated by that plugin's own settings model.
+"""
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core import plugins as plugin_loader
+
+LANGUAGES = ("en", "es")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+COLOUR = r"^#[0-9a-fA-F]{6}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Branding(Strict):
+    logo: str | None = None
+    primary_colour: str = Field("#1f4e79", pattern=COLOUR)
+    background_colour: str = Field("#f5f7fa", pattern=COLOUR)
+
+
+class SiteInfo(Strict):
+    name: str = Field(min_length=1)
+    languages: list[Literal["en", "es"]] = Field(default_factory=lambda: list(LANGUAGES), min_length=1)
+    default_language: Literal["en", "es"] = "en"
+    timezone: str = "UTC"
+    branding: Branding = Field(default_factory=Branding)
+    templates: Path | None = None
+    static: Path | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"an IANA time zone such as America/New_York, not '{value}'") from None
+        return value
+
+    @model_validator(mode="after")
+    def default_is_offered(self) -> "SiteInfo":
+        if self.default_language not in self.languages:
+            raise ValueError(f"default_language '{self.default_language}' must be one of languages {self.languages}")
+        return self
+
+
+class FilesystemStorage(Strict):
+    kind: Literal["filesystem"]
+    path: Path
+
+
+class SqliteQueue(Strict):
+    kind: Literal["sqlite"]
+    path: Path
+
+
+class RedisQueue(Strict):
+    kind: Literal["redis"]
+    url: str = Field(pattern=r"^rediss?://")
+
+
+class OutboxMail(Strict):
+    transport: Literal["outbox"]
+    sender: str = "portal@example.org"
+
+
+class SmtpMail(Strict):
+    transport: Literal["smtp"]
+    sender: str
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    user: str | None = None
+    password: str | None = None
+    starttls: bool = True
+
+
+class Sessions(Strict):
+    idle_minutes: int = Field(30, ge=1)
+    absolute_hours: int = Field(12, ge=1)
+
+
+class SiteConfig(Strict):
+    site: SiteInfo
+    database: str = Field(pattern=r"^(sqlite|postgresql)(\+\w+)?://")
+    storage: FilesystemStorage
+    queue: Annotated[Union[SqliteQueue, RedisQueue], Field(discriminator="kind")]
+    mail: Annotated[Union[OutboxMail, SmtpMail], Field(discriminator="transport")]
+    sessions: Sessions = Field(default_factory=Sessions)
+    plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+
+
+@dataclass
+class Site:
+    """A validated site: the core's config, the loaded plugins and their settings."""
+
+    path: Path
+    config: SiteConfig
+    plugins: dict[str, ModuleType] = field(default_factory=dict)
+    plugin_settings: dict[str, BaseModel | None] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.site.name
+
+
+class SiteError(Exception):
+    """The site file is wrong; ``str()`` is one ``file:line: key: reason`` per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# -- YAML with line numbers ---------------------------------------------------
+
+class _Parsed:
+    """YAML data plus the line of every key path, and the problems met on the way."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines: dict[tuple, int] = {}
+        self.problems: list[str] = []
+
+    def build(self, node: yaml.Node, path: tuple) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in result:
+                    self.problem(key_node.start_mark.line + 1, path + (key,), "this key appears twice")
+                result[key] = self.build(value_node, path + (key,))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        value = yaml.SafeLoader("").construct_object(node)
+        return self.substitute(value, path) if isinstance(value, str) else value
+
+    def substitute(self, value: str, path: tuple) -> str:
+        def replace(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                self.problem(self.lines[path], path, f"environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+
+        return ENV_REF.sub(replace, value)
+
+    def problem(self, line: int, path: tuple, message: str) -> None:
+        key = ".".join(str(p) for p in path) or "(top)"
+        self.problems.append(f"{self.source}:{line}: {key}: {message}")
+
+    def locate(self, data: Any, loc: tuple) -> tuple[tuple, int]:
+        """The real key path of a pydantic error location, and its line."""
+        path: tuple = ()
+        node = data
+        for i, part in enumerate(loc):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+                path += (part,)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+                path += (part,)
+            elif i == len(loc) - 1:
+                return path + (part,), self.lines.get(path + (part,), self.lines.get(path, 1))
+            # anything else is a union tag pydantic adds, not a key of the file
+        return path, self.lines.get(path, 1)
+
+
+def _explain(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _parse(text: str, source: str) -> tuple[dict, _Parsed]:
+    parsed = _Parsed(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise SiteError([f"{source}:{line}: (top): not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise SiteError([f"{source}:1: (top): expected a mapping with keys site, database, storage, queue, mail"])
+    data = parsed.build(root, ())
+    return data, parsed
+
+
+def load_site(path: str | os.PathLike, registry: plugin_loader.Registry | None = None) -> Site:
+    """Read, substitute, validate; load and validate every enabled plugin."""
+    path = Path(path)
+    try:
+        source = str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SiteError([f"{source}:0: (file): cannot read the site file: {exc.strerror}"]) from None
+    data, parsed = _parse(text, source)
+    problems = parsed.problems
+    config = None
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            key_path, line = parsed.locate(data, error["loc"])
+            parsed.problem(line, key_path, _explain(error))
+    site = Site(path=path, config=config) if config else None
+    for name, section in (data.get("plugins") or {}).items() if isinstance(data.get("plugins"), dict) else ():
+        where = ("plugins", name)
+        try:
+            module = plugin_loader.load(name, registry)
+        except plugin_loader.PluginError as exc:
+            parsed.problem(parsed.lines[where], where, str(exc))
+            continue
+        model = plugin_loader.single(module).hook.settings_model()
+        if model is None:
+            if section:
+                parsed.problem(parsed.lines[where], where, f"plugin '{name}' takes no settings")
+            settings = None
+        else:
+            try:
+                settings = model.model_validate(section or {})
+            except ValidationError as exc:
+                for error in exc.errors():
+                    key_path, line = parsed.locate(data, where + tuple(error["loc"]))
+                    parsed.problem(line, key_path, _explain(error))
+                continue
+        if site:
+            site.plugins[name] = module
+            site.plugin_settings[name] = settings
+    if problems:
+        raise SiteError(problems)
+    return site

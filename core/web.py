@@ -1,0 +1,168 @@
+"""Pages: the layered Jinja2 environment, ``render``, slots, the language choice,
+error pages in the reader's language, and the core's own public routes."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jinja2
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from markupsafe import Markup
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import core
+from core import access, i18n
+
+CORE_DIR = Path(__file__).resolve().parent
+CORE_TEMPLATE_DIRS = [CORE_DIR / "templates", *sorted(CORE_DIR.glob("*/templates"))]
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def template_environment(site, pm) -> jinja2.Environment:
+    """Site folder, then each plugin's (site-file order), then the core's; ``core:`` reaches the core's."""
+    core_loader = jinja2.FileSystemLoader(CORE_TEMPLATE_DIRS)
+    own = [site.config.site.templates] if site.config.site.templates else []
+    contributed = [d for dirs in pm.hook.template_dirs() for d in (dirs or [])]
+    loader = jinja2.ChoiceLoader([
+        jinja2.PrefixLoader({"core": core_loader}, delimiter=":"),
+        jinja2.FileSystemLoader([*own, *contributed]),
+        core_loader,
+    ])
+    env = jinja2.Environment(loader=loader, autoescape=True, extensions=["jinja2.ext.i18n"])
+    env.install_gettext_callables(
+        gettext=lambda message: i18n.translations(i18n.current_language()).gettext(message),
+        ngettext=lambda s, p, n: i18n.translations(i18n.current_language()).ngettext(s, p, n),
+        newstyle=True,
+    )
+    env.filters.update(datetime=i18n.format_datetime, date=i18n.format_date,
+                       number=i18n.format_number, money=i18n.format_money)
+    env.globals.update(version=core.__version__, language_names=i18n.LANGUAGE_NAMES)
+    return env
+
+
+def slot(pm, request: Request, name: str, **context) -> Markup:
+    fragments = pm.hook.template_slot(name=name, context={**context, "request": request})
+    return Markup("".join(str(f) for f in reversed(fragments) if f))
+
+
+def language_of(request: Request) -> str:
+    info = request.app.state.runtime.site.config.site
+    return i18n.pick_language(info.languages, info.default_language,
+                              request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))
+
+
+def render(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+    runtime = request.app.state.runtime
+    info = runtime.site.config.site
+    i18n.activate(language_of(request), info.timezone)  # again: error pages run outside the middleware
+    principal = access.current_principal(request)
+    entries = sorted((e for found in runtime.pm.hook.navigation(principal=principal) for e in (found or [])),
+                     key=lambda e: e.order)
+    page = request.app.state.templates.get_template(template).render(
+        request=request, site=info, principal=principal, navigation=entries,
+        language=i18n.current_language(), languages=info.languages,
+        slot=functools.partial(slot, runtime.pm, request), **context,
+    )
+    response = HTMLResponse(page, status_code=status_code)
+    response.headers["Content-Language"] = i18n.current_language()
+    return response
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never an open redirect."""
+    parts = urlsplit(target or "/")
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return "/"
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, dependencies=[access.public])
+def home(request: Request):
+    return render(request, "home.html")
+
+
+@router.get("/language/{code}", dependencies=[access.public])
+def choose_language(request: Request, code: str, next: str = "/"):
+    response = RedirectResponse(safe_next(next), status_code=303)
+    if code in request.app.state.runtime.site.config.site.languages:
+        response.set_cookie(i18n.COOKIE, code, max_age=365 * 24 * 3600, httponly=True, samesite="lax")
+    return response
+
+
+@router.get("/branding.css", dependencies=[access.public])
+def branding_css(request: Request):
+    branding = request.app.state.runtime.site.config.site.branding
+    css = f":root {{ --brand: {branding.primary_colour}; --page: {branding.background_colour}; }}\n"
+    return PlainTextResponse(css, media_type="text/css", headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/healthz", dependencies=[access.public])
+def healthz(request: Request):
+    runtime = request.app.state.runtime
+    checks = {}
+    try:
+        with runtime.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        checks["queue"] = "ok"
+        checks["queue_pending"] = runtime.huey.pending_count()
+    except Exception as exc:
+        checks["queue"] = f"error: {type(exc).__name__}"
+    healthy = checks["database"] == "ok" and checks["queue"] == "ok"
+    return JSONResponse({"status": "ok" if healthy else "error", "version": core.__version__, **checks},
+                        status_code=200 if healthy else 503)
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path in ("/healthz",) or request.url.path.startswith(("/api/", "/dicomweb/"))
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return render(request, "error.html", status_code=exc.status_code, status=exc.status_code)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+    return render(request, "error.html", status_code=500, status=500)
+
+
+def install(app: FastAPI, runtime) -> None:
+    """Templates, language and headers middleware, error pages, static files, core pages."""
+    app.state.templates = template_environment(runtime.site, runtime.pm)
+
+    @app.middleware("http")
+    async def language_and_headers(request: Request, call_next):
+        i18n.activate(language_of(request), runtime.site.config.site.timezone)
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        response.headers.setdefault("Vary", "Cookie, Accept-Language")
+        return response
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
+    static = StaticFiles(directory=CORE_DIR / "static")
+    static.access_action = "public"
+    app.mount("/static", static, name="static")
+    if runtime.site.config.site.static:
+        site_static = StaticFiles(directory=runtime.site.config.site.static)
+        site_static.access_action = "public"
+        app.mount("/site-static", site_static, name="site-static")
+    app.include_router(router)

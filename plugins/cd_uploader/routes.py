@@ -1,0 +1,12 @@
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from core import access
+from core.web import render
+
+router = APIRouter(prefix="/upload")
+
+
+@router.get("/", response_class=HTMLResponse, dependencies=[access.public])
+def index(request: Request):
+    return render(request, "cd_uploader/index.html")
