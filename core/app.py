@@ -63,3 +63,19 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
     if undeclared:
         raise plugins.PluginError(f"routes without an access rule: {', '.join(undeclared)}")
     return app
+
+
+def seed_demo(runtime: Runtime) -> bool:
+    """Load every plugin's demo data once; False if it was already loaded."""
+    from sqlalchemy import select
+
+    from core.audit import service as audit
+    from core.audit.models import AuditEvent
+
+    with runtime.sessions() as session:
+        if session.scalar(select(AuditEvent.seq).where(AuditEvent.action == "demo.seeded").limit(1)):
+            return False
+        runtime.pm.hook.seed_demo(session=session, runtime=runtime)
+        audit.record(session, actor="system", action="demo.seeded", subject="site")
+        session.commit()
+    return True

@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 
-from sqlalchemy import select
-
 DEFAULT_SITE = "sites/demo.yaml"
 
 
@@ -68,19 +66,11 @@ def migrate(args) -> int:
 
 
 def seed_demo(args) -> int:
-    from core.audit import service as audit
-    from core.audit.models import AuditEvent
+    from core.app import seed_demo as load_demo
 
     runtime = _runtime(args)
     try:
-        with runtime.sessions() as session:
-            if session.scalar(select(AuditEvent.seq).where(AuditEvent.action == "demo.seeded").limit(1)):
-                print("demo data already present")
-                return 0
-            runtime.pm.hook.seed_demo(session=session, runtime=runtime)
-            audit.record(session, actor="system", action="demo.seeded", subject="site")
-            session.commit()
-        print("demo data loaded")
+        print("demo data loaded" if load_demo(runtime) else "demo data already present")
         return 0
     finally:
         runtime.close()

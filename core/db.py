@@ -6,11 +6,12 @@ URL (PostgreSQL) is used as given.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Iterator
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -20,6 +21,24 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always read back timezone-aware, on every backend
+    (SQLite would otherwise hand back naive values that formatting takes as local time)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("store timezone-aware datetimes only (use core.clock.now())")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -88,28 +107,29 @@ def alembic_config(connection, pm) -> "alembic.config.Config":
 
 
 def schema_state(connection, pm) -> tuple[set[str], set[str]]:
-    """(revisions the database is at, head revisions the code has)."""
+    """(revisions applied to the database, revisions the code has).
+
+    Applied includes the ancestors and dependencies of the stored heads, since a
+    plugin branch that ``depends_on`` a core revision stores only its own head."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config(connection, pm))
+    known = {revision.revision for revision in script.walk_revisions()}
     current = set(MigrationContext.configure(connection).get_current_heads())
-    return current, set(script.get_heads())
+    unknown = sorted(current - known)
+    if unknown:
+        raise SchemaError(f"the database is at revision {', '.join(unknown)}, which this code does not know: "
+                          "it was migrated by a newer Filmless or with a plugin that is not enabled")
+    applied = {r.revision for r in script.revision_map.iterate_revisions(tuple(current), "base")} if current else set()
+    return applied, known
 
 
 def check_schema(engine: Engine, pm, *, allow_behind: bool) -> None:
     """Refuse a database newer than the code (always) or behind it (unless migrating)."""
-    from alembic.script import ScriptDirectory
-
     with engine.connect() as connection:
-        current, heads = schema_state(connection, pm)
-        script = ScriptDirectory.from_config(alembic_config(connection, pm))
-    known = {rev.revision for rev in script.walk_revisions()}
-    unknown = sorted(current - known)
-    if unknown:
-        raise SchemaError(f"the database is at revision {', '.join(unknown)}, which this code does not know: "
-                          "it was migrated by a newer Filmless or a plugin that is not enabled")
-    if not allow_behind and current != heads:
+        applied, known = schema_state(connection, pm)
+    if not allow_behind and applied != known:
         raise SchemaError("the database is not up to date: run 'filmless migrate'")
 
 

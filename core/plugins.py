@@ -117,7 +117,7 @@ def build_manager(plugins: Mapping[str, ModuleType]) -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name}' implements an unknown hook: {exc}") from exc
+        raise PluginError(f"plugin '{pm.get_name(exc.plugin)}' implements an unknown hook: {exc}") from exc
     if os.environ.get("FILMLESS_TRACE_HOOKS") == "1":
         trace(pm)
     return pm

@@ -145,6 +145,7 @@ class _Parsed:
                 if key in result:
                     self.problem(key_node.start_mark.line + 1, path + (key,), "this key appears twice")
                 result[key] = self.build(value_node, path + (key,))
+                self.lines[path + (key,)] = key_node.start_mark.line + 1  # the key's line, not its value's
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]

@@ -50,7 +50,7 @@ def template_environment(site, pm) -> jinja2.Environment:
 
 def slot(pm, request: Request, name: str, **context) -> Markup:
     fragments = pm.hook.template_slot(name=name, context={**context, "request": request})
-    return Markup("".join(str(f) for f in reversed(fragments) if f))
+    return Markup("".join(str(f) for f in fragments if f))
 
 
 def language_of(request: Request) -> str:

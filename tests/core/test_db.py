@@ -1,0 +1,74 @@
+"""The database: SQLite settings, migrations of core and plugin branches, and
+refusing a schema the code does not match."""
+import importlib
+
+import pytest
+from sqlalchemy import inspect, text
+from support import demo_site_file
+
+from core import db, plugins
+from core.cli import main
+
+FIXTURE = {"fixture": importlib.import_module("fixture_plugin")}
+
+
+def test_sqlite_has_wal_and_foreign_keys(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_every_backend_is_fully_migrated(runtime, database_url):
+    with runtime.engine.connect() as connection:
+        applied, known = db.schema_state(connection, runtime.pm)
+        tables = set(inspect(connection).get_table_names())
+    assert applied == known == {"0001_audit_trail", "f001_fixture_note"}
+    assert {"audit_event", "audit_head", "fixture_note", "alembic_version"} <= tables
+
+
+def test_migrate_is_idempotent_and_keeps_data(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    core_only = plugins.build_manager({})
+    assert db.upgrade(engine, core_only) == ["0001_audit_trail"]
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 7, 'abc')"))
+    assert db.upgrade(engine, core_only) == []
+    # enabling a plugin later adds only its branch
+    assert db.upgrade(engine, plugins.build_manager(FIXTURE)) == ["f001_fixture_note"]
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT seq, hash FROM audit_head")).one() == (7, "abc")
+    engine.dispose()
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path, capsys):
+    site = demo_site_file(tmp_path)
+    assert main(["--site", str(site), "migrate"]) == 0
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'portal.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    engine.dispose()
+    capsys.readouterr()
+    for command in (["migrate"], ["serve", "--port", "0"], ["worker"], ["audit", "verify"]):
+        assert main(["--site", str(site), *command]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("filmless: the database is at revision 0099_from_the_future, which this code does not know")
+        assert err.count("\n") == 1
+
+
+def test_a_database_behind_the_code_must_be_migrated_first(tmp_path, capsys):
+    site = demo_site_file(tmp_path)
+    assert main(["--site", str(site), "serve", "--port", "0"]) == 2
+    assert capsys.readouterr().err == "filmless: the database is not up to date: run 'filmless migrate'\n"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_nested_transaction_fixture_rolls_back(session, backend):
+    session.execute(text("INSERT INTO fixture_note (body) VALUES ('temporary')"))
+    session.commit()
+    assert session.scalar(text("SELECT count(*) FROM fixture_note WHERE body = 'temporary'")) == 1
+
+
+def test_the_previous_test_left_nothing_behind(session):
+    assert session.scalar(text("SELECT count(*) FROM fixture_note WHERE body = 'temporary'")) == 0

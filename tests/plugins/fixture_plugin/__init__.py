@@ -1,0 +1,132 @@
+"""The fixture plugin: implements every hook, so tests can prove each one is called.
+
+It records what it is told in ``CALLS`` (hook name -> list of keyword arguments).
+"""
+from collections import defaultdict
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from markupsafe import escape
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+
+from core import NavEntry, PluginMeta, access, hookimpl
+from core.i18n import gettext
+from core.web import render
+
+HERE = Path(__file__).parent
+CALLS: dict[str, list[dict]] = defaultdict(list)
+
+meta = PluginMeta(name="fixture", version="1.0", description="Implements every hook for the tests.",
+                  core_versions=">=0.1")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    greeting: str = "hello"
+    fail_at_startup: bool = False
+
+
+router = APIRouter(prefix="/fixture")
+
+
+@router.get("/", response_class=HTMLResponse, dependencies=[access.public])
+def fixture_page(request: Request):
+    return render(request, "fixture/page.html")
+
+
+@router.get("/secret", dependencies=[access.rule("fixture.secret")])
+def fixture_secret():
+    return {"secret": True}
+
+
+@router.get("/denied", dependencies=[access.rule("public"), access.rule("fixture.denied")])
+def fixture_denied():
+    return {"reached": True}
+
+
+@router.get("/boom", dependencies=[access.public])
+def fixture_boom():
+    raise RuntimeError("fixture route failed on purpose")
+
+
+@hookimpl
+def settings_model():
+    return Settings
+
+
+@hookimpl
+def routers():
+    return [router]
+
+
+@hookimpl
+def template_dirs():
+    return [HERE / "templates"]
+
+
+@hookimpl
+def navigation(principal):
+    CALLS["navigation"].append({"principal": principal})
+    return [NavEntry(gettext("Sign in"), "/fixture/", order=5)]
+
+
+@hookimpl
+def template_slot(name, context):
+    CALLS["template_slot"].append({"name": name})
+    if name == "home_after_intro":
+        return f'<p id="fixture-slot">{escape(context["request"].url.path)}</p>'
+    return None
+
+
+@hookimpl
+def migrations_dir():
+    return HERE / "migrations"
+
+
+@hookimpl
+def tasks(runtime):
+    @runtime.huey.task(name="fixture.write_note")
+    def write_note(body: str) -> str:
+        with runtime.sessions() as session:
+            session.execute(text("INSERT INTO fixture_note (body) VALUES (:body)"), {"body": body})
+            session.commit()
+        return body.upper()
+
+    return [write_note]
+
+
+@hookimpl
+def seed_demo(session, runtime):
+    greeting = runtime.site.plugin_settings["fixture"].greeting
+    session.execute(text("INSERT INTO fixture_note (body) VALUES (:body)"), {"body": f"seeded: {greeting}"})
+
+
+@hookimpl
+def access_vote(principal, action, resource):
+    CALLS["access_vote"].append({"action": action})
+    if action == "fixture.denied":
+        return False
+    if action == "fixture.secret" and principal.kind == "staff":
+        return True
+    return None
+
+
+@hookimpl
+def startup(runtime):
+    CALLS["startup"].append({"site": runtime.site.name})
+    if runtime.site.plugin_settings["fixture"].fail_at_startup:
+        raise RuntimeError("cannot reach the fixture gateway")
+
+
+@hookimpl
+def shutdown(runtime):
+    CALLS["shutdown"].append({"site": runtime.site.name})
+
+
+@hookimpl
+def audit_event_written(event):
+    CALLS["audit_event_written"].append({"seq": event.seq, "action": event.action})
+    if event.action == "fixture.observer_fails":
+        raise RuntimeError("observer failed on purpose")

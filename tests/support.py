@@ -1,0 +1,79 @@
+"""Helpers for tests: sites written to real YAML files, the plugin registry with
+the fixture plugin, and running the ``filmless`` command as a real process."""
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from core import db, plugins
+from core.site import load_site
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("FILMLESS_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def registry(**extra):
+    """Installed plugins plus the fixture plugin (and any others a test adds)."""
+    return {**plugins.installed(), "fixture": lambda: importlib.import_module("fixture_plugin"), **extra}
+
+
+def site_data(tmp_path: Path, database: str | None = None, **overrides) -> dict:
+    data = {
+        "site": {"name": "Test Imaging", "timezone": "Europe/Madrid", "languages": ["en", "es"]},
+        "database": database or f"sqlite:///{tmp_path / 'portal.db'}",
+        "storage": {"kind": "filesystem", "path": str(tmp_path / "blobs")},
+        "queue": {"kind": "sqlite", "path": str(tmp_path / "queue.db")},
+        "mail": {"transport": "outbox"},
+        "plugins": {"fixture": {"greeting": "hola"}},
+    }
+    data.update(overrides)
+    return data
+
+
+def write_site(tmp_path: Path, data: dict, name: str = "site.yaml") -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def make_site(tmp_path: Path, reg=None, **overrides):
+    return load_site(write_site(tmp_path, site_data(tmp_path, **overrides)), registry=reg or registry())
+
+
+def reset_postgresql(url: str) -> None:
+    engine = db.make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+
+def demo_site_file(tmp_path: Path, **overrides) -> Path:
+    """The demo site with its database, queue and storage moved into ``tmp_path``."""
+    data = yaml.safe_load((ROOT / "sites" / "demo.yaml").read_text(encoding="utf-8"))
+    data.update(database=f"sqlite:///{tmp_path / 'portal.db'}",
+                storage={"kind": "filesystem", "path": str(tmp_path / "blobs")},
+                queue={"kind": "sqlite", "path": str(tmp_path / "queue.db")}, **overrides)
+    return write_site(tmp_path, data, "demo.yaml")
+
+
+def filmless(*args: str, env: dict | None = None, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real ``filmless`` command from the project root."""
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
