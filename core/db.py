@@ -64,9 +64,11 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(connection):
-        # IMMEDIATE: writers queue on the busy timeout instead of failing when
-        # a read snapshot turns into a write (most requests write an audit event).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE: writers queue on the busy timeout instead of failing when a
+        # read snapshot turns into a write (most requests write an audit event).
+        # Connections opened with execution_options(read_only=True) never write.
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -112,7 +112,7 @@ def healthz(request: Request):
     runtime = request.app.state.runtime
     checks = {}
     try:
-        with runtime.engine.connect() as connection:
+        with runtime.engine.connect().execution_options(read_only=True) as connection:
             connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "plugins")]
@@ -17,7 +16,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "plugins")]
 from core import clock, db, plugins  # noqa: E402
 from core.app import build_runtime, create_app  # noqa: E402
 
-from support import BACKENDS, PG_URL, make_site, registry  # noqa: E402
+from support import BACKENDS, PG_URL, make_site, reset_postgresql  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -1,0 +1,128 @@
+"""Real processes: a huey consumer, ``filmless worker``, ``filmless run``; and the
+one-line refusals that start nothing."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from support import ROOT, demo_site_file, filmless, free_port
+
+from core.app import build_runtime
+from core.site import load_site
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(url: str, process: subprocess.Popen, deadline: float = 60) -> httpx.Response:
+    """Poll a real server until it answers (bounded); fail early if it died."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}: {process.stderr.read()}")
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {deadline}s")
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_real_consumer_runs_plugin_tasks(runtime):
+    consumer = runtime.huey.create_consumer(workers=1, worker_type="thread", periodic=False)
+    consumer.start()
+    try:
+        write_note = next(t for t in runtime.tasks if t.name == "fixture.write_note")
+        assert write_note("queued note").get(blocking=True, timeout=30) == "QUEUED NOTE"
+    finally:
+        consumer.stop(graceful=True)
+    with runtime.sessions() as session:
+        assert session.scalar(text("SELECT count(*) FROM fixture_note WHERE body = 'queued note'")) == 1
+        session.execute(text("DELETE FROM fixture_note"))
+        session.commit()
+
+
+def test_filmless_worker_consumes_the_sites_queue(tmp_path):
+    site_file = demo_site_file(tmp_path)
+    assert filmless("--site", str(site_file), "migrate").returncode == 0
+    worker = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "worker"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runtime = build_runtime(load_site(site_file))
+    try:
+        ping = next(t for t in runtime.tasks if t.name == "core.ping")
+        assert ping().get(blocking=True, timeout=60) == "pong"
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(timeout=30)
+        runtime.close()
+    assert "worker consuming" in worker.stdout.read()
+
+
+def test_filmless_run_serves_both_languages_and_stops_cleanly(tmp_path):
+    site_file = demo_site_file(tmp_path)
+    assert filmless("--site", str(site_file), "migrate").returncode == 0
+    assert filmless("--site", str(site_file), "seed-demo").stdout == "demo data loaded\n"
+    port = free_port()
+    run = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "run"], cwd=ROOT,
+                           env={**os.environ, "PORT": str(port)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        health = wait_for(f"http://127.0.0.1:{port}/healthz", run)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        english = httpx.get(f"http://127.0.0.1:{port}/")
+        spanish = httpx.get(f"http://127.0.0.1:{port}/", headers={"Accept-Language": "es"})
+        assert "Filmless Demo Imaging" in english.text and "Sign in" in english.text
+        assert '<html lang="es">' in spanish.text and "Iniciar sesión" in spanish.text
+        workers = children(run.pid)
+        assert len(workers) == 1 and alive(workers[0])
+
+        busy = filmless("--site", str(site_file), "serve", env={"PORT": str(port)})
+        assert busy.returncode == 2
+        assert busy.stderr == f"filmless: port {port} on 127.0.0.1 is already in use: stop the other server or set PORT\n"
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=30)
+    assert not alive(workers[0])
+
+
+BAD_STARTS = {
+    "missing_env": ({"mail": {"transport": "smtp", "sender": "a@b.test", "host": "mail.test",
+                              "password": "${FILMLESS_TEST_UNSET}"}},
+                    "environment variable FILMLESS_TEST_UNSET is not set"),
+    "unknown_plugin": ({"plugins": {"cd_uploaderz": None}}, "plugin 'cd_uploaderz' is not installed"),
+    "bad_value": ({"sessions": {"idle_minutes": 0}}, "sessions.idle_minutes: Input should be greater than or equal to 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STARTS))
+def test_bad_start_up_is_one_line_and_starts_nothing(tmp_path, case):
+    overrides, expected = BAD_STARTS[case]
+    site_file = demo_site_file(tmp_path, **overrides)
+    result = filmless("--site", str(site_file), "run", env={"PORT": str(free_port())})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{site_file}:") and expected in line
+    assert not (tmp_path / "portal.db").exists() and not (tmp_path / "queue.db").exists()
+
+
+def test_a_missing_site_file_is_one_line(tmp_path):
+    result = filmless("--site", str(tmp_path / "absent.yaml"), "run")
+    assert result.returncode == 2
+    assert result.stderr == f"{tmp_path / 'absent.yaml'}:0: (file): cannot read the site file: No such file or directory\n"
