@@ -4,31 +4,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import text
-from support import ROOT, demo_site_file, filmless, free_port
+from support import ROOT, demo_site_file, filmless, free_port, wait_for
 
 from core.app import build_runtime
 from core.site import load_site
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(url: str, process: subprocess.Popen, deadline: float = 60) -> httpx.Response:
-    """Poll a real server until it answers (bounded); fail early if it died."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            return httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {deadline}s")
 
 
 def children(pid: int) -> list[int]:
