@@ -24,12 +24,14 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Extract every message from Python and templates, update the catalogues.
+# Extract every message from Python and templates, update the catalogues
+# (creating a language's catalogue the first time). The .po files are the
+# source of truth: core/i18n.py reads them directly, nothing is compiled.
 messages: $(VENV)/.installed
-	$(BIN)/pybabel extract --quiet -F babel.cfg -k _ -k gettext -k ngettext:1,2 --no-location --sort-output \
-		--project=Filmless -o locales/messages.pot core plugins
-	$(BIN)/pybabel update --quiet --no-fuzzy-matching -i locales/messages.pot -d locales -l es
-	$(BIN)/pybabel update --quiet --no-fuzzy-matching -i locales/messages.pot -d locales -l en
+	$(BIN)/pybabel --quiet extract -F babel.cfg -k _ -k gettext -k ngettext:1,2 --no-location --sort-output \
+		--project=Filmless --copyright-holder="Filmless contributors" -o locales/messages.pot core plugins
+	$(BIN)/pybabel --quiet update --init-missing --ignore-obsolete --no-fuzzy-matching -i locales/messages.pot -d locales -l es
+	$(BIN)/pybabel --quiet update --init-missing --ignore-obsolete --no-fuzzy-matching -i locales/messages.pot -d locales -l en
 
 check-site: $(VENV)/.installed
 	$(BIN)/filmless check-site $(SITE)

@@ -52,7 +52,7 @@ def current_principal(request: Request) -> Principal:
 def rule(action: str) -> Any:
     """A route dependency: allow the request only if ``can(principal, action)``."""
 
-    def check(request: Request) -> Principal:
+    async def check(request: Request) -> Principal:  # pure CPU: no thread hop
         principal = current_principal(request)
         if not can(request.app.state.runtime.pm, principal, action):
             # 404 for the anonymous too would hide pages; 403 names no resource.
@@ -66,13 +66,13 @@ def rule(action: str) -> Any:
 public = rule("public")
 
 
-def routes(app) -> list:
-    """Every route of ``app``, looking inside included routers (which recent
-    FastAPI keeps nested instead of copying their routes into the app)."""
+def flatten(routes) -> list:
+    """Every route, looking inside included routers (which recent FastAPI keeps
+    nested instead of copying their routes into the app)."""
     found = []
-    for route in app.routes:
+    for route in routes:
         nested = getattr(route, "original_router", None)
-        found.extend(routes(nested) if nested is not None else [route])
+        found.extend(flatten(nested.routes) if nested is not None else [route])
     return found
 
 

@@ -56,13 +56,18 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     web.install(app, runtime)
     app.include_router(identity_routes.router)
-    for routers in runtime.pm.hook.routers():
-        for router in routers or []:
+    _refuse_undeclared("the core", app.routes)
+    for impl in reversed(runtime.pm.hook.routers.get_hookimpls()):
+        for router in impl.function() or []:
+            _refuse_undeclared(f"plugin '{impl.plugin_name}'", router.routes)
             app.include_router(router)
-    undeclared = [getattr(r, "path", repr(r)) for r in access.routes(app) if access.declared_rule(r) is None]
-    if undeclared:
-        raise plugins.PluginError(f"routes without an access rule: {', '.join(undeclared)}")
     return app
+
+
+def _refuse_undeclared(owner: str, routes) -> None:
+    undeclared = [getattr(r, "path", repr(r)) for r in access.flatten(routes) if access.declared_rule(r) is None]
+    if undeclared:
+        raise plugins.PluginError(f"{owner} has routes without an access rule: {', '.join(undeclared)}")
 
 
 def seed_demo(runtime: Runtime) -> bool:

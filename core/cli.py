@@ -35,6 +35,18 @@ def _runtime(args, *, schema_current: bool = True):
     return runtime
 
 
+def _check_ready(args) -> None:
+    """Site valid, plugins loadable, schema current: without starting any plugin."""
+    from core import db, plugins
+
+    site = _site(args)
+    engine = db.make_engine(site.config.database)
+    try:
+        db.check_schema(engine, plugins.build_manager(site.plugins), allow_behind=False)
+    finally:
+        engine.dispose()
+
+
 def _port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,9 +128,10 @@ def worker(args) -> int:
 def run(args) -> int:
     """Web and worker together; Ctrl-C stops both."""
     _port_free(args.host, args.port)
-    _runtime(args).close()  # refuse to start anything if the site or schema is wrong
+    _check_ready(args)  # refuse to start anything if the site or schema is wrong
     env = {**os.environ, "FILMLESS_SITE": args.site}
-    worker_process = subprocess.Popen([sys.executable, "-m", "core.cli", "worker"], env=env)
+    worker_process = subprocess.Popen([sys.executable, "-m", "core.cli", "worker", "--workers", str(args.workers)],
+                                      env=env)
     try:
         return serve(args)
     finally:
@@ -139,9 +152,14 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         command.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
-    web_options(commands.add_parser("run", help="web server and worker together"))
+    def worker_options(command):
+        command.add_argument("--workers", type=int, default=2, help="worker threads (default: %(default)s)")
+
+    run = commands.add_parser("run", help="web server and worker together")
+    web_options(run)
+    worker_options(run)
     web_options(commands.add_parser("serve", help="web server only"))
-    commands.add_parser("worker", help="background worker only").add_argument("--workers", type=int, default=2)
+    worker_options(commands.add_parser("worker", help="background worker only"))
     commands.add_parser("migrate", help="upgrade the database to this code's schema")
     commands.add_parser("seed-demo", help="load the demo data once")
     check = commands.add_parser("check-site", help="validate a site file without starting")

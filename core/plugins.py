@@ -97,11 +97,9 @@ def new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def single(module: ModuleType) -> pluggy.PluginManager:
+def single(module: ModuleType, name: str) -> pluggy.PluginManager:
     """A manager holding only ``module``, to ask one plugin (e.g. its ``settings_model``)."""
-    pm = new_manager()
-    pm.register(module)
-    return pm
+    return build_manager({name: module})
 
 
 def build_manager(plugins: Mapping[str, ModuleType]) -> pluggy.PluginManager:
@@ -127,7 +125,7 @@ def trace(pm: pluggy.PluginManager) -> None:
     """Log every hook call with its implementers and results (``FILMLESS_TRACE_HOOKS=1``)."""
 
     def before(hook_name, hook_impls, kwargs):
-        names = [impl.plugin_name for impl in hook_impls]
+        names = [impl.plugin_name for impl in reversed(hook_impls)]  # in calling order
         trace_log.warning("hook %s(%s) implementers=%s", hook_name, ", ".join(sorted(kwargs)), names)
 
     def after(outcome, hook_name, hook_impls, kwargs):
@@ -143,10 +141,11 @@ def call_each(pm: pluggy.PluginManager, hook: str, *, strict: bool = True, **kwa
     """Call ``hook`` plugin by plugin, so a failure names the plugin that failed.
 
     ``strict`` raises ``PluginError`` at the first failure (start-up); otherwise
-    each failure is logged and the others still run (shut-down)."""
+    each failure is logged and the other plugins are still called."""
     for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
         try:
-            impl.function(**{name: kwargs[name] for name in impl.argnames})
+            pm.subset_hook_caller(hook, others)(**kwargs)
         except Exception as exc:
             error = PluginError(f"plugin '{impl.plugin_name}' failed in {hook}: {type(exc).__name__}: {exc}")
             if strict:

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, ValidationError, field_validator, model_validator
 
 from core import plugins as plugin_loader
 
@@ -40,8 +40,8 @@ class SiteInfo(Strict):
     default_language: Literal["en", "es"] = "en"
     timezone: str = "UTC"
     branding: Branding = Field(default_factory=Branding)
-    templates: Path | None = None
-    static: Path | None = None
+    templates: DirectoryPath | None = None
+    static: DirectoryPath | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -135,6 +135,7 @@ class _Parsed:
         self.source = source
         self.lines: dict[tuple, int] = {}
         self.problems: list[str] = []
+        self.unset: set[tuple] = set()  # values whose ${VAR} is missing: already reported
 
     def build(self, node: yaml.Node, path: tuple) -> Any:
         self.lines[path] = node.start_mark.line + 1
@@ -157,6 +158,7 @@ class _Parsed:
             name = match.group(1)
             if name not in os.environ:
                 self.problem(self.lines[path], path, f"environment variable {name} is not set")
+                self.unset.add(path)
                 return ""
             return os.environ[name]
 
@@ -165,6 +167,12 @@ class _Parsed:
     def problem(self, line: int, path: tuple, message: str) -> None:
         key = ".".join(str(p) for p in path) or "(top)"
         self.problems.append(f"{self.source}:{line}: {key}: {message}")
+
+    def report(self, data: Any, errors: list[dict], prefix: tuple = ()) -> None:
+        for error in errors:
+            key_path, line = self.locate(data, prefix + tuple(error["loc"]))
+            if key_path not in self.unset:
+                self.problem(line, key_path, _explain(error))
 
     def locate(self, data: Any, loc: tuple) -> tuple[tuple, int]:
         """The real key path of a pydantic error location, and its line."""
@@ -222,9 +230,7 @@ def load_site(path: str | os.PathLike, registry: plugin_loader.Registry | None =
     try:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        for error in exc.errors():
-            key_path, line = parsed.locate(data, error["loc"])
-            parsed.problem(line, key_path, _explain(error))
+        parsed.report(data, exc.errors())
     site = Site(path=path, config=config) if config else None
     for name, section in (data.get("plugins") or {}).items() if isinstance(data.get("plugins"), dict) else ():
         where = ("plugins", name)
@@ -233,7 +239,11 @@ def load_site(path: str | os.PathLike, registry: plugin_loader.Registry | None =
         except plugin_loader.PluginError as exc:
             parsed.problem(parsed.lines[where], where, str(exc))
             continue
-        model = plugin_loader.single(module).hook.settings_model()
+        try:
+            model = plugin_loader.single(module, name).hook.settings_model()
+        except plugin_loader.PluginError as exc:
+            parsed.problem(parsed.lines[where], where, str(exc))
+            continue
         if model is None:
             if section:
                 parsed.problem(parsed.lines[where], where, f"plugin '{name}' takes no settings")
@@ -242,9 +252,7 @@ def load_site(path: str | os.PathLike, registry: plugin_loader.Registry | None =
             try:
                 settings = model.model_validate(section or {})
             except ValidationError as exc:
-                for error in exc.errors():
-                    key_path, line = parsed.locate(data, where + tuple(error["loc"]))
-                    parsed.problem(line, key_path, _explain(error))
+                parsed.report(data, exc.errors(), where)
                 continue
         if site:
             site.plugins[name] = module

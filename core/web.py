@@ -88,12 +88,12 @@ router = APIRouter()
 
 
 @router.get("/", response_class=HTMLResponse, dependencies=[access.public])
-def home(request: Request):
+async def home(request: Request):
     return render(request, "home.html")
 
 
 @router.get("/language/{code}", dependencies=[access.public])
-def choose_language(request: Request, code: str, next: str = "/"):
+async def choose_language(request: Request, code: str, next: str = "/"):
     response = RedirectResponse(safe_next(next), status_code=303)
     if code in request.app.state.runtime.site.config.site.languages:
         response.set_cookie(i18n.COOKIE, code, max_age=365 * 24 * 3600, httponly=True, samesite="lax")
@@ -101,7 +101,7 @@ def choose_language(request: Request, code: str, next: str = "/"):
 
 
 @router.get("/branding.css", dependencies=[access.public])
-def branding_css(request: Request):
+async def branding_css(request: Request):
     branding = request.app.state.runtime.site.config.site.branding
     css = f":root {{ --brand: {branding.primary_colour}; --page: {branding.background_colour}; }}\n"
     return PlainTextResponse(css, media_type="text/css", headers={"Cache-Control": "max-age=300"})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from datetime import timezone
 from typing import Any
 
@@ -16,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.audit.models import AuditEvent, AuditHead
+from core.plugins import call_each
 
 GENESIS = "0" * 64
 PENDING = "audit_pending"
-log = logging.getLogger("filmless.audit")
 
 
 def _digest(*, seq: int, at, actor: str, action: str, subject: str, detail: dict, prev_hash: str) -> str:
@@ -76,11 +75,8 @@ def _tell_observers(session: Session) -> None:
     pm = session.info.get("plugins")
     if not written or pm is None:
         return
-    for row in written:
-        try:
-            pm.hook.audit_event_written(event=row)
-        except Exception:  # observers never undo the commit
-            log.exception("an audit_event_written observer failed for event %s", row.seq)
+    for row in written:  # observers never undo the commit; one failing does not silence the others
+        call_each(pm, "audit_event_written", strict=False, event=row)
 
 
 @event.listens_for(Session, "after_rollback")

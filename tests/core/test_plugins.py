@@ -52,7 +52,7 @@ def test_a_route_without_an_access_rule_stops_start_up(tmp_path):
 
     extra = plugin(routers=lambda: [router])
     site = make_site(tmp_path, reg=registry(extra=lambda: extra), plugins={"extra": None})
-    with pytest.raises(PluginError, match="routes without an access rule: /open-door"):
+    with pytest.raises(PluginError, match="^plugin 'extra' has routes without an access rule: /open-door$"):
         create_app(site)
 
 
@@ -101,3 +101,25 @@ def test_no_tracing_by_default(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="filmless.hooks"):
         build_runtime(make_site(tmp_path)).close()
     assert "hook " not in caplog.text
+
+
+def test_a_failing_observer_does_not_silence_the_others(runtime, session, caplog):
+    from core.audit import service as audit
+
+    heard = []
+    listener = plugin("listener", audit_event_written=lambda event: heard.append(event.action))
+    runtime.pm.register(listener, name="listener")  # registered last: called after the fixture
+    session.info["plugins"] = runtime.pm
+    audit.record(session, actor="test", action="fixture.observer_fails", subject="nothing")
+    with caplog.at_level(logging.ERROR):
+        session.commit()
+    assert heard == ["fixture.observer_fails"]
+    assert "plugin 'fixture' failed in audit_event_written: RuntimeError: observer failed on purpose" in caplog.text
+
+
+def test_tracing_covers_hooks_called_plugin_by_plugin(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FILMLESS_TRACE_HOOKS", "1")
+    with caplog.at_level(logging.INFO, logger="filmless.hooks"):
+        build_runtime(make_site(tmp_path)).close()
+    for hook in ("settings_model", "startup", "shutdown"):
+        assert f"hook {hook}(" in caplog.text

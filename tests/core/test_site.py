@@ -99,6 +99,28 @@ def test_a_missing_environment_variable_is_named(tmp_path, monkeypatch):
     assert problems(tmp_path, text) == ["7: mail.password: environment variable TEST_SMTP_PASSWORD is not set"]
 
 
+def test_a_missing_environment_variable_is_reported_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_DATABASE_URL", raising=False)
+    text = GOOD.replace("database: sqlite:///var/test/portal.db", "database: ${TEST_DATABASE_URL}")
+    assert problems(tmp_path, text) == ["4: database: environment variable TEST_DATABASE_URL is not set"]
+
+
+def test_site_folders_must_exist(tmp_path):
+    text = GOOD.replace("  timezone: America/Chicago", "  timezone: America/Chicago\n  static: no/such/folder")
+    [problem] = problems(tmp_path, text)
+    assert problem.startswith("4: site.static: Path does not point to a directory")
+
+
+def test_a_plugin_hook_with_wrong_arguments_is_a_site_error(tmp_path):
+    from core import hookimpl
+
+    odd = types.ModuleType("odd")
+    odd.meta = PluginMeta(name="radnet_icode", version="1.0", description="odd", core_versions=">=0.1")
+    odd.navigation = hookimpl(lambda principal, colour: [])
+    [problem] = problems(tmp_path, GOOD, registry(radnet_icode=lambda: odd))
+    assert problem.startswith("9: plugins.radnet_icode: plugin 'radnet_icode' has an invalid hook")
+
+
 def test_an_unknown_plugin_is_named(tmp_path):
     [problem] = problems(tmp_path, GOOD.replace("radnet_icode:", "radnet_icodes:"))
     assert problem.startswith("9: plugins.radnet_icodes: plugin 'radnet_icodes' is not installed (installed: ")
@@ -165,7 +187,7 @@ def test_every_site_file_key_is_documented():
     docs = (ROOT / "docs" / "sites.md").read_text(encoding="utf-8")
     keys = set(_keys(SiteConfig, ""))
     for name, load in installed().items():
-        model = single(load()).hook.settings_model()
+        model = single(load(), name).hook.settings_model()
         keys |= set(_keys(model, f"plugins.{name}")) if model else set()
     missing = sorted(key for key in keys if f"`{key}`" not in docs)
     assert not missing, f"docs/sites.md does not document: {missing}"

@@ -130,7 +130,7 @@ def test_language_picking():
 
 def test_every_route_of_the_demo_app_declares_an_access_rule(tmp_path):
     app = create_app(load_site(demo_site_file(tmp_path)))
-    routes = access.routes(app)
+    routes = access.flatten(app.routes)
     assert len(routes) >= 11
     undeclared = [getattr(route, "path", route) for route in routes if access.declared_rule(route) is None]
     assert undeclared == []
@@ -148,3 +148,10 @@ def test_demo_plugin_pages_answer_in_both_languages(tmp_path):
 def test_phone_layout_rules_exist(width):
     css = (ROOT / "core" / "static" / "filmless.css").read_text()
     assert "flex-wrap: wrap" in css and "max-width" in css and "@media (min-width" in css
+
+
+def test_each_request_gets_a_session_that_commits(client, session):
+    from sqlalchemy import text
+
+    assert client.post("/fixture/notes", params={"body": "from a request"}).json() == {"notes": 1}
+    assert session.scalar(text("SELECT body FROM fixture_note")) == "from a request"

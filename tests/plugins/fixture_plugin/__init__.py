@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from core import NavEntry, PluginMeta, access, hookimpl
+from core.db import DbSession
 from core.i18n import gettext
 from core.web import render
 
@@ -44,6 +45,13 @@ def fixture_secret():
 @router.get("/denied", dependencies=[access.rule("public"), access.rule("fixture.denied")])
 def fixture_denied():
     return {"reached": True}
+
+
+@router.post("/notes", dependencies=[access.public])
+def add_note(body: str, session: DbSession):
+    session.execute(text("INSERT INTO fixture_note (body) VALUES (:body)"), {"body": body})
+    session.commit()
+    return {"notes": session.scalar(text("SELECT count(*) FROM fixture_note"))}
 
 
 @router.get("/boom", dependencies=[access.public])
