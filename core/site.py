@@ -136,6 +136,7 @@ class _Parsed:
         self.lines: dict[tuple, int] = {}
         self.problems: list[str] = []
         self.unset: set[tuple] = set()  # values whose ${VAR} is missing: already reported
+        self.scalars = yaml.SafeLoader("")
 
     def build(self, node: yaml.Node, path: tuple) -> Any:
         self.lines[path] = node.start_mark.line + 1
@@ -150,7 +151,7 @@ class _Parsed:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        value = yaml.SafeLoader("").construct_object(node)
+        value = self.scalars.construct_object(node)
         return self.substitute(value, path) if isinstance(value, str) else value
 
     def substitute(self, value: str, path: tuple) -> str:
@@ -213,6 +214,27 @@ def _parse(text: str, source: str) -> tuple[dict, _Parsed]:
     return data, parsed
 
 
+def _load_plugin(name: str, section, parsed: _Parsed, data: dict, registry) -> tuple | None:
+    """(module, validated settings) of one enabled plugin, or None with its problems noted."""
+    where = ("plugins", name)
+    try:
+        module = plugin_loader.load(name, registry)
+        model = plugin_loader.single(module, name).hook.settings_model()
+    except plugin_loader.PluginError as exc:
+        parsed.problem(parsed.lines[where], where, str(exc))
+        return None
+    if model is None:
+        if section:
+            parsed.problem(parsed.lines[where], where, f"plugin '{name}' takes no settings")
+            return None
+        return module, None
+    try:
+        return module, model.model_validate(section or {})
+    except ValidationError as exc:
+        parsed.report(data, exc.errors(), where)
+        return None
+
+
 def load_site(path: str | os.PathLike, registry: plugin_loader.Registry | None = None) -> Site:
     """Read, substitute, validate; load and validate every enabled plugin."""
     path = Path(path)
@@ -232,31 +254,11 @@ def load_site(path: str | os.PathLike, registry: plugin_loader.Registry | None =
     except ValidationError as exc:
         parsed.report(data, exc.errors())
     site = Site(path=path, config=config) if config else None
-    for name, section in (data.get("plugins") or {}).items() if isinstance(data.get("plugins"), dict) else ():
-        where = ("plugins", name)
-        try:
-            module = plugin_loader.load(name, registry)
-        except plugin_loader.PluginError as exc:
-            parsed.problem(parsed.lines[where], where, str(exc))
-            continue
-        try:
-            model = plugin_loader.single(module, name).hook.settings_model()
-        except plugin_loader.PluginError as exc:
-            parsed.problem(parsed.lines[where], where, str(exc))
-            continue
-        if model is None:
-            if section:
-                parsed.problem(parsed.lines[where], where, f"plugin '{name}' takes no settings")
-            settings = None
-        else:
-            try:
-                settings = model.model_validate(section or {})
-            except ValidationError as exc:
-                parsed.report(data, exc.errors(), where)
-                continue
-        if site:
-            site.plugins[name] = module
-            site.plugin_settings[name] = settings
+    sections = data.get("plugins")
+    for name, section in sections.items() if isinstance(sections, dict) else ():
+        loaded = _load_plugin(name, section, parsed, data, registry)
+        if site and loaded:
+            site.plugins[name], site.plugin_settings[name] = loaded
     if problems:
         raise SiteError(problems)
     return site
