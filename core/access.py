@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import hmac
+
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 
 ANONYMOUS_KIND = "anonymous"
 
@@ -34,6 +37,13 @@ ANONYMOUS = Principal()
 # Core rules: action -> predicate(principal, resource). Domains add theirs here.
 CORE_RULES: dict[str, Callable[[Principal, Any], bool]] = {
     "public": lambda principal, resource: True,
+    # a signed-in portal account acting on itself (its settings, its sessions)
+    "account.self": lambda principal, resource: principal.kind == "account",
+    "staff.any": lambda principal, resource: bool(principal.roles & {"staff", "helpdesk", "admin"}),
+    "helpdesk.queue": lambda principal, resource: bool(principal.roles & {"helpdesk", "admin"}),
+    "admin.only": lambda principal, resource: "admin" in principal.roles,
+    # the demo site's outbox of stored emails and SMS (core/outbox.py)
+    "outbox.view": lambda principal, resource: "admin" in principal.roles,
 }
 
 
@@ -45,15 +55,51 @@ def can(pm, principal: Principal, action: str, resource: Any = None) -> bool:
     return bool(core_rule and core_rule(principal, resource)) or any(vote is True for vote in votes)
 
 
+CSRF_COOKIE = "__Host-filmless_csrf"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 def current_principal(request: Request) -> Principal:
-    return getattr(request.state, "principal", ANONYMOUS)
+    """Who sent this request, from its session cookie (resolved once per request)."""
+    if not hasattr(request.state, "principal"):
+        request.state.principal = _principal_from_cookie(request)
+    return request.state.principal
+
+
+def _principal_from_cookie(request: Request) -> Principal:
+    from core.identity import sessions
+
+    token = request.cookies.get(sessions.COOKIE)
+    if not token:
+        return ANONYMOUS
+    runtime = request.app.state.runtime
+    with runtime.sessions() as session:
+        principal = sessions.principal_for(session, sessions.find(session, token=token, site=runtime.site))
+        session.commit()
+    return principal
+
+
+async def check_csrf(request: Request) -> None:
+    """Every state-changing request from a browser carries the token of its CSRF cookie
+    (double submit, ``__Host-`` cookie); API calls with an Authorization header are exempt."""
+    if request.method not in UNSAFE_METHODS or "authorization" in request.headers:
+        return
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    given = request.headers.get("x-csrf-token", "")
+    if not given and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")):
+        given = str((await request.form()).get(CSRF_FIELD, ""))
+    if not expected or not hmac.compare_digest(expected, given):
+        raise HTTPException(status_code=403, detail="csrf")
 
 
 def rule(action: str) -> Any:
     """A route dependency: allow the request only if ``can(principal, action)``."""
 
-    async def check(request: Request) -> Principal:  # pure CPU: no thread hop
-        principal = current_principal(request)
+    async def check(request: Request) -> Principal:
+        await check_csrf(request)
+        principal = await run_in_threadpool(current_principal, request)
         if not can(request.app.state.runtime.pm, principal, action):
             # 404 for the anonymous too would hide pages; 403 names no resource.
             raise HTTPException(status_code=403)

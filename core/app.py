@@ -10,8 +10,8 @@ from huey import Huey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import access, db, plugins, tasks, web
-from core.identity import routes as identity_routes
+from core import access, db, outbox, plugins, tasks, web
+from core.identity.routes import routers as identity_routers
 from core.site import Site
 
 
@@ -35,8 +35,8 @@ def build_runtime(site: Site) -> Runtime:
     """Wire a site's plugins, database and queue, then tell plugins we start."""
     pm = plugins.build_manager(site.plugins)
     engine = db.make_engine(site.config.database)
-    runtime = Runtime(site=site, pm=pm, engine=engine, sessions=db.make_sessionmaker(engine, plugins=pm),
-                      huey=tasks.make_huey(site))
+    runtime = Runtime(site=site, pm=pm, engine=engine, sessions=None, huey=tasks.make_huey(site))
+    runtime.sessions = db.make_sessionmaker(engine, plugins=pm, runtime=runtime)
     runtime.tasks = tasks.register_core_tasks(runtime)
     for contributed in pm.hook.tasks(runtime=runtime):
         runtime.tasks.extend(contributed or [])
@@ -55,7 +55,9 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title=site.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runtime = runtime
     web.install(app, runtime)
-    app.include_router(identity_routes.router)
+    for router in identity_routers:
+        app.include_router(router)
+    app.include_router(outbox.router)
     _refuse_undeclared("the core", app.routes)
     for impl in reversed(runtime.pm.hook.routers.get_hookimpls()):
         for router in impl.function() or []:
@@ -80,6 +82,10 @@ def seed_demo(runtime: Runtime) -> bool:
     with runtime.sessions() as session:
         if session.scalar(select(AuditEvent.seq).where(AuditEvent.action == "demo.seeded").limit(1)):
             return False
+        if runtime.site.config.demo:
+            from core.identity import service as identity
+
+            identity.seed_demo(session)
         runtime.pm.hook.seed_demo(session=session, runtime=runtime)
         audit.record(session, actor="system", action="demo.seeded", subject="site")
         session.commit()

@@ -101,6 +101,28 @@ def audit_verify(args) -> int:
         runtime.close()
 
 
+def create_staff(args) -> int:
+    """A staff, help-desk or admin account; the password is read from the terminal or stdin."""
+    import getpass
+
+    from core.identity import service as identity
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Password: ")
+    runtime = _runtime(args)
+    try:
+        with runtime.sessions() as session:
+            try:
+                account = identity.create_account(session, email=args.email, name=args.name, role=args.role,
+                                                  password=password, how="staff", email_verified=True)
+            except identity.AccountError as exc:
+                raise CommandError(str(exc)) from None
+            session.commit()
+        print(f"{args.role} account {account.email} created")
+        return 0
+    finally:
+        runtime.close()
+
+
 def serve(args) -> int:
     import uvicorn
 
@@ -162,6 +184,11 @@ def parser() -> argparse.ArgumentParser:
     worker_options(commands.add_parser("worker", help="background worker only"))
     commands.add_parser("migrate", help="upgrade the database to this code's schema")
     commands.add_parser("seed-demo", help="load the demo data once")
+    staff = commands.add_parser("create-staff", help="create a staff, help-desk or admin account")
+    staff.add_argument("email")
+    staff.add_argument("--name", required=True)
+    staff.add_argument("--role", choices=["staff", "helpdesk", "admin"], default="staff")
+    staff.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     check = commands.add_parser("check-site", help="validate a site file without starting")
     check.add_argument("file", nargs="?")
     audit = commands.add_parser("audit", help="audit trail tools")
@@ -170,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 HANDLERS = {"run": run, "serve": serve, "worker": worker, "migrate": migrate, "seed-demo": seed_demo,
-            "check-site": check_site, "audit": audit_verify}
+            "check-site": check_site, "audit": audit_verify, "create-staff": create_staff}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,10 +5,11 @@ URL (PostgreSQL) is used as given.
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, Callable, Iterator
 
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
@@ -74,8 +75,33 @@ def make_engine(url: str) -> Engine:
 
 
 def make_sessionmaker(engine_or_connection, **info) -> sessionmaker[Session]:
-    """Sessions carry ``info`` (the plugin manager) so after-commit observers can run."""
+    """Sessions carry ``info`` (``plugins``: the manager, ``runtime``) so services and
+    after-commit observers reach the site without any module-level state."""
     return sessionmaker(bind=engine_or_connection, expire_on_commit=False, info=info)
+
+
+_AFTER_COMMIT = "after_commit_callbacks"
+_log = logging.getLogger("filmless.db")
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's transaction has committed; never if it rolls back.
+    Observers and queued work use this so they never see, or act on, what was undone."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            callback()
+        except Exception:  # the commit stands whatever a callback does
+            _log.exception("an after-commit callback failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -95,7 +121,7 @@ class SchemaError(Exception):
     """The database's schema does not match this code."""
 
 
-def alembic_config(connection, pm) -> "alembic.config.Config":
+def alembic_config(connection, pm):
     """The core's version folder plus one per enabled plugin (``migrations_dir`` hook)."""
     from alembic.config import Config
 

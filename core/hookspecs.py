@@ -94,7 +94,7 @@ def navigation(principal):
 
         @hookimpl
         def navigation(principal):
-            if principal.kind == "patient":
+            if principal.kind == "account" and principal.scope:  # signed in, with patients
                 return [NavEntry(gettext("Schedule an exam"), "/schedule/", order=30)]
     """
 
@@ -172,6 +172,66 @@ def seed_demo(session, runtime):
     """
 
 
+@hookspec
+def sms_transports():
+    """Contribute SMS transports, by name, for ``sms.transport`` in the site file.
+
+    Called once when the runtime is built. Return a dict of name -> an object
+    with ``send(to: str, text: str) -> None`` that raises on failure (the
+    message stays queued and is retried). The core ships ``outbox`` (messages
+    are only stored and listed on the outbox page).
+
+    Example::
+
+        class GatewaySms:
+            def send(self, to, text):
+                gateway.post("/messages", json={"to": to, "text": text}).raise_for_status()
+
+        @hookimpl
+        def sms_transports():
+            return {"regional_gateway": GatewaySms()}
+    """
+
+
+@hookspec
+def registration_challenge(site):
+    """Contribute extra questions for step 2 (identity verification) of sign-up.
+
+    Called when the verification form is shown and checked, with the ``site``
+    (read your settings from ``site.plugin_settings["<plugin name>"]``). Return a list of
+    ``RegistrationChallenge(name, label, check)``; ``label`` is translated text,
+    ``check(session=, patient=, answer=)`` returns True when the answer proves
+    the person is that patient. Every challenge must pass.
+
+    Example::
+
+        @hookimpl
+        def registration_challenge(site):
+            if not site.plugin_settings["radnet_icode"].ask_visit_code:
+                return []
+            return [RegistrationChallenge("visit_code", gettext("Visit code on your paperwork"),
+                                          lambda session, patient, answer: service.code_matches(
+                                              session=session, patient=patient, code=answer))]
+    """
+
+
+@hookspec
+def registration_check(patient, birth_date, email):
+    """Refuse a self-registration for ``patient`` (a ``core.studies.models.Patient``).
+
+    Called after identity verification succeeded, before the account is made.
+    Return a translated message to refuse (shown to the person), or ``None``.
+    Any refusal wins.
+
+    Example::
+
+        @hookimpl
+        def registration_check(patient, birth_date, email):
+            if patient.issuer == "EMERGENCY":
+                return gettext("Please ask the help desk to open your account.")
+    """
+
+
 # -- decide ------------------------------------------------------------------
 
 @hookspec
@@ -217,6 +277,22 @@ def shutdown(runtime):
         @hookimpl
         def shutdown(runtime):
             gateway_client.close()
+    """
+
+
+@hookspec
+def account_created(account, how):
+    """Be told that a portal account was created and committed.
+
+    ``account`` is the ``core.identity.models.Account``; ``how`` is one of
+    ``"registration"``, ``"invitation"``, ``"at_scan"``, ``"staff"``.
+
+    Example::
+
+        @hookimpl
+        def account_created(account, how):
+            if how == "at_scan":
+                metrics.increment("activations_sent")
     """
 
 

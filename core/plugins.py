@@ -46,6 +46,15 @@ class NavEntry:
     order: int = 100
 
 
+@dataclass(frozen=True)
+class RegistrationChallenge:
+    """An extra sign-up question returned by the ``registration_challenge`` hook."""
+
+    name: str
+    label: str
+    check: Callable[..., bool]  # check(session=, patient=, answer=) -> bool
+
+
 class PluginError(Exception):
     """A plugin could not be used; the message names it and says why."""
 
@@ -142,12 +151,13 @@ def call_each(pm: pluggy.PluginManager, hook: str, *, strict: bool = True, **kwa
 
     ``strict`` raises ``PluginError`` at the first failure (start-up); otherwise
     each failure is logged and the other plugins are still called."""
-    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
-        others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
+    implementers = list(dict.fromkeys(impl.plugin for impl in reversed(getattr(pm.hook, hook).get_hookimpls())))
+    for plugin in implementers:  # each plugin once, even with several implementations of the hook
+        others = [other for other in pm.get_plugins() if other is not plugin]
         try:
             pm.subset_hook_caller(hook, others)(**kwargs)
         except Exception as exc:
-            error = PluginError(f"plugin '{impl.plugin_name}' failed in {hook}: {type(exc).__name__}: {exc}")
+            error = PluginError(f"plugin '{pm.get_name(plugin)}' failed in {hook}: {type(exc).__name__}: {exc}")
             if strict:
                 raise error from exc
             logging.getLogger("filmless").exception(str(error))

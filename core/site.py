@@ -36,6 +36,7 @@ class Branding(Strict):
 
 class SiteInfo(Strict):
     name: str = Field(min_length=1)
+    base_url: str = Field("http://127.0.0.1:8000", pattern=r"^https?://[^/]+$")
     languages: list[Literal["en", "es"]] = Field(default_factory=lambda: list(LANGUAGES), min_length=1)
     default_language: Literal["en", "es"] = "en"
     timezone: str = "UTC"
@@ -89,6 +90,24 @@ class SmtpMail(Strict):
     starttls: bool = True
 
 
+class Sms(Strict):
+    transport: str = "outbox"  # "outbox", or a name contributed by a plugin's sms_transports hook
+
+
+class Identity(Strict):
+    self_registration: bool = True
+    verify_with: list[Literal["patient_id", "accession_number"]] = Field(
+        default_factory=lambda: ["patient_id", "accession_number"], min_length=1)
+    request_account_days: int = Field(3, ge=1, le=60)
+    minimum_age: int = Field(0, ge=0, le=21)
+    second_factor: Literal["optional", "required"] = "optional"
+    accounts_at_scan: bool = False
+    code_valid_minutes: int = Field(10, ge=1, le=60)
+    code_attempts: int = Field(5, ge=1, le=10)
+    reset_valid_minutes: int = Field(30, ge=5, le=240)
+    invitation_valid_hours: int = Field(24, ge=1, le=24 * 30)
+
+
 class Sessions(Strict):
     idle_minutes: int = Field(30, ge=1)
     absolute_hours: int = Field(12, ge=1)
@@ -100,7 +119,10 @@ class SiteConfig(Strict):
     storage: FilesystemStorage
     queue: Annotated[Union[SqliteQueue, RedisQueue], Field(discriminator="kind")]
     mail: Annotated[Union[OutboxMail, SmtpMail], Field(discriminator="transport")]
+    sms: Sms = Field(default_factory=Sms)
     sessions: Sessions = Field(default_factory=Sessions)
+    identity: Identity = Field(default_factory=Identity)
+    demo: bool = False  # demo accounts' passwords work and /outbox is shown to admins only when true
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
 
 

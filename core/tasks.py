@@ -1,10 +1,10 @@
 """The background queue (huey): SQLite by default, Redis by URL (DESIGN §7)."""
 from __future__ import annotations
 
-from huey import RedisHuey, SqliteHuey
+from huey import Huey, RedisHuey, SqliteHuey
 
 
-def make_huey(site) -> "huey.Huey":
+def make_huey(site) -> Huey:
     queue = site.config.queue
     name = f"filmless-{site.path.stem}"
     if queue.kind == "redis":
@@ -15,10 +15,11 @@ def make_huey(site) -> "huey.Huey":
 
 def register_core_tasks(runtime) -> list:
     """The core's own tasks; plugins add theirs through the ``tasks`` hook."""
+    from core import notify
 
     @runtime.huey.task(name="core.ping")
     def ping() -> str:
         """Answer "pong": proves a worker is consuming this site's queue."""
         return "pong"
 
-    return [ping]
+    return [ping, *notify.register_tasks(runtime)]

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import core
 from core import access, i18n
+from core.identity.security import new_token
+from core.plugins import NavEntry
 
 CORE_DIR = Path(__file__).resolve().parent
 CORE_TEMPLATE_DIRS = [CORE_DIR / "templates", *sorted(CORE_DIR.glob("*/templates"))]
@@ -59,17 +61,35 @@ def language_of(request: Request) -> str:
                               request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))
 
 
+def core_navigation(principal) -> list[NavEntry]:
+    """The core's own menu entries; plugins add theirs through the ``navigation`` hook."""
+    if principal.kind != "account":
+        return []
+    entries = [NavEntry(i18n.gettext("My account"), "/account", order=90)]
+    if len(principal.scope) > 1:  # the patient picker matters only to people acting for several
+        entries.append(NavEntry(i18n.gettext("My patients"), "/patients", order=10))
+    if principal.roles & {"staff", "helpdesk", "admin"}:
+        entries.append(NavEntry(i18n.gettext("Find a patient"), "/staff", order=20))
+    if principal.roles & {"helpdesk", "admin"}:
+        entries.append(NavEntry(i18n.gettext("Account requests"), "/staff/requests", order=30))
+    return entries
+
+
 def render(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
     runtime = request.app.state.runtime
     info = runtime.site.config.site
     i18n.activate(language_of(request), info.timezone)  # again: error pages run outside the middleware
     principal = access.current_principal(request)
-    entries = sorted((e for found in runtime.pm.hook.navigation(principal=principal) for e in (found or [])),
-                     key=lambda e: e.order)
+    contributed = [core_navigation(principal), *runtime.pm.hook.navigation(principal=principal)]
+    entries = sorted((e for found in contributed for e in (found or [])), key=lambda e: e.order)
     page = request.app.state.templates.get_template(template).render(
-        request=request, site=info, principal=principal, navigation=entries,
+        request=request, site=info, site_identity=runtime.site.config.identity, demo=runtime.site.config.demo,
+        principal=principal, navigation=entries,
         language=i18n.current_language(), languages=info.languages,
-        slot=functools.partial(slot, runtime.pm, request), **context,
+        slot=functools.partial(slot, runtime.pm, request),
+        csrf_field=Markup('<input type="hidden" name="{}" value="{}">').format(
+            access.CSRF_FIELD, getattr(request.state, "csrf_token", "")),
+        **context,
     )
     response = HTMLResponse(page, status_code=status_code)
     response.headers["Content-Language"] = i18n.current_language()
@@ -93,10 +113,17 @@ async def home(request: Request):
 
 
 @router.get("/language/{code}", dependencies=[access.public])
-async def choose_language(request: Request, code: str, next: str = "/"):
+def choose_language(request: Request, code: str, next: str = "/"):
     response = RedirectResponse(safe_next(next), status_code=303)
     if code in request.app.state.runtime.site.config.site.languages:
         response.set_cookie(i18n.COOKIE, code, max_age=365 * 24 * 3600, httponly=True, samesite="lax")
+        principal = access.current_principal(request)
+        if principal.kind == "account":  # also on other browsers, and for the messages we send
+            from core.identity.models import Account
+
+            with request.app.state.runtime.sessions() as session:
+                session.get(Account, int(principal.id)).language = code
+                session.commit()
     return response
 
 
@@ -134,7 +161,7 @@ def _wants_json(request: Request) -> bool:
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if _wants_json(request):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-    return render(request, "error.html", status_code=exc.status_code, status=exc.status_code)
+    return render(request, "error.html", status_code=exc.status_code, status=exc.status_code, detail=exc.detail)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -148,9 +175,13 @@ def install(app: FastAPI, runtime) -> None:
     app.state.templates = template_environment(runtime.site, runtime.pm)
 
     @app.middleware("http")
-    async def language_and_headers(request: Request, call_next):
+    async def language_csrf_and_headers(request: Request, call_next):
         i18n.activate(language_of(request), runtime.site.config.site.timezone)
+        request.state.csrf_token = request.cookies.get(access.CSRF_COOKIE) or new_token()
         response = await call_next(request)
+        if access.CSRF_COOKIE not in request.cookies:
+            response.set_cookie(access.CSRF_COOKIE, request.state.csrf_token, secure=True, httponly=True,
+                                samesite="lax", path="/")
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         response.headers.setdefault("Vary", "Cookie, Accept-Language")

@@ -52,7 +52,7 @@ def session(runtime):
     connection = runtime.engine.connect()
     outer = connection.begin()
     runtime.sessions = sessionmaker(bind=connection, join_transaction_mode="create_savepoint",
-                                    expire_on_commit=False, info={"plugins": runtime.pm})
+                                    expire_on_commit=False, info={"plugins": runtime.pm, "runtime": runtime})
     with runtime.sessions() as session:
         yield session
     outer.rollback()
@@ -68,7 +68,7 @@ def app(runtime, session):
 def client(app):
     from fastapi.testclient import TestClient
 
-    with TestClient(app, base_url="http://testserver") as test_client:
+    with TestClient(app, base_url="https://testserver") as test_client:
         yield test_client
 
 
@@ -87,3 +87,52 @@ def _english_by_default():
 
     i18n.activate("en", "UTC")
     yield
+
+
+@pytest.fixture
+def make_account(session):
+    """Create a portal account (optionally linked to a new patient record) in the test's transaction."""
+    from datetime import date
+
+    from core import clock
+    from core.identity import service
+    from core.identity.models import PatientLink
+    from core.studies.models import Patient
+
+    def make(email="pat@example.test", password="a long unique passphrase", name="Pat Example",
+             role="user", patient: bool = True, **fields):
+        account = service.create_account(session, email=email, name=name, role=role, password=password,
+                                         how="staff", email_verified=True, **fields)
+        if patient:
+            record = Patient(issuer="T", patient_id=f"P-{account.id}", family_name=name.split()[-1],
+                             given_name=name.split()[0], birth_date=date(1980, 1, 2), created_at=clock.now())
+            session.add(record)
+            session.flush()
+            session.add(PatientLink(account_id=account.id, patient_ref=record.id, relationship="self",
+                                    created_at=clock.now()))
+        session.commit()
+        return account
+
+    return make
+
+
+@pytest.fixture
+def custom_client(tmp_path):
+    """A client for a site with different settings, on its own freshly migrated SQLite database:
+    ``client, runtime = custom_client(identity={"second_factor": "required"})``."""
+    from fastapi.testclient import TestClient
+
+    made = []
+
+    def build(**overrides):
+        folder = tmp_path / f"site{len(made)}"
+        runtime = build_runtime(make_site(folder, **overrides))
+        db.upgrade(runtime.engine, runtime.pm)
+        client = TestClient(create_app(runtime.site, runtime), base_url="https://testserver")
+        made.append((client, runtime))
+        return client, runtime
+
+    yield build
+    for client, runtime in made:
+        client.close()
+        runtime.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -92,3 +93,56 @@ def wait_for(url: str, process: subprocess.Popen, deadline: float = 60) -> httpx
         except httpx.TransportError:
             time.sleep(0.2)
     raise AssertionError(f"{url} did not answer within {deadline}s")
+
+
+CSRF_COOKIE = "__Host-filmless_csrf"
+
+
+def csrf_token(client) -> str:
+    """The client's CSRF token (any page sets the cookie)."""
+    if CSRF_COOKIE not in client.cookies:
+        client.get("/")
+    return client.cookies[CSRF_COOKIE]
+
+
+def post_form(client, url: str, data: dict | None = None, **kwargs):
+    """Submit a form the way a browser does: with the CSRF token."""
+    return client.post(url, data={**(data or {}), "csrf_token": csrf_token(client)}, **kwargs)
+
+
+def sign_in_as(client, email: str, password: str):
+    answer = post_form(client, "/signin", {"email": email, "password": password}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text[:500]
+    return answer
+
+
+def messages_to(session, recipient: str) -> list:
+    """Messages stored for ``recipient``, oldest first."""
+    from sqlalchemy import select
+
+    from core.notify import Message
+
+    return session.scalars(select(Message).where(Message.recipient == recipient).order_by(Message.id)).all()
+
+
+def last_code(session, recipient: str) -> str:
+    """The last 6-digit code sent to ``recipient`` (read from the stored message, as a person would)."""
+    import re
+
+    return re.findall(r"\b\d{6}\b", messages_to(session, recipient)[-1].body_text)[-1]
+
+
+INVITE_LINK = re.compile(r"https?://[^/\s]+(/invite/[A-Za-z0-9_-]+)")
+
+
+def invite_path(session, email: str) -> str:
+    """The link in the last email to ``email``, as its reader would follow it."""
+    return INVITE_LINK.findall(messages_to(session, email)[-1].body_text)[-1]
+
+
+def audit_events(session, action: str) -> list:
+    from sqlalchemy import select
+
+    from core.audit.models import AuditEvent
+
+    return session.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)).all()

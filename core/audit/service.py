@@ -10,15 +10,14 @@ import json
 from datetime import timezone
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import clock
+from core import clock, db
 from core.audit.models import AuditEvent, AuditHead
 from core.plugins import call_each
 
 GENESIS = "0" * 64
-PENDING = "audit_pending"
 
 
 def _digest(*, seq: int, at, actor: str, action: str, subject: str, detail: dict, prev_hash: str) -> str:
@@ -42,7 +41,9 @@ def record(session: Session, *, actor: str, action: str, subject: str, detail: d
     session.add(event_row)
     head.seq, head.hash = event_row.seq, event_row.hash
     session.flush()
-    session.info.setdefault(PENDING, []).append(event_row)
+    pm = session.info.get("plugins")
+    if pm is not None:  # observers never undo the commit; one failing does not silence the others
+        db.after_commit(session, lambda: call_each(pm, "audit_event_written", strict=False, event=event_row))
     return event_row
 
 
@@ -67,18 +68,3 @@ def verify(session: Session) -> tuple[bool, str]:
     if head is not None and head.hash != prev_hash:
         return False, f"event {count} is not the one the chain's head recorded (it was replaced)"
     return True, f"ok {count} events"
-
-
-@event.listens_for(Session, "after_commit")
-def _tell_observers(session: Session) -> None:
-    written = session.info.pop(PENDING, [])
-    pm = session.info.get("plugins")
-    if not written or pm is None:
-        return
-    for row in written:  # observers never undo the commit; one failing does not silence the others
-        call_each(pm, "audit_event_written", strict=False, event=row)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_pending(session: Session) -> None:
-    session.info.pop(PENDING, None)

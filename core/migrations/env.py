@@ -1,7 +1,10 @@
 """Alembic environment: always run through ``core.db.upgrade`` with a live connection."""
 from alembic import context
 
-import core.audit.models  # noqa: F401  (tables of the core, for autogenerate)
+import core.audit.models  # noqa: F401  (the core's tables, for autogenerate)
+import core.identity.models  # noqa: F401
+import core.notify  # noqa: F401
+import core.studies.models  # noqa: F401
 from core.db import Base
 
 connection = context.config.attributes["connection"]

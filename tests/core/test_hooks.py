@@ -89,6 +89,30 @@ def test_hook_seed_demo(runtime, session):
     assert session.scalars(text("SELECT body FROM fixture_note")).all() == ["seeded: hola"]
 
 
+def test_hook_sms_transports(tmp_path):
+    from support import make_site
+
+    from core import db, notify
+    from core.app import build_runtime
+
+    fixture_plugin.SENT_SMS.clear()
+    runtime = build_runtime(make_site(tmp_path, sms={"transport": "fixture_sms"}))
+    try:
+        db.upgrade(runtime.engine, runtime.pm)
+        with runtime.sessions() as session:
+            message = notify.send_sms(session, to="+34600111222", template="sign_in_code", language="en",
+                                      code="482913", minutes=10)
+            session.commit()
+        deliver = next(t for t in runtime.tasks if t.name == notify.DELIVER)
+        deliver.call_local(message.id)
+        assert fixture_plugin.SENT_SMS == [{"to": "+34600111222", "text": message.body_text}]
+        assert "482913" in message.body_text
+        with runtime.sessions() as session:
+            assert session.get(notify.Message, message.id).status == "sent"
+    finally:
+        runtime.close()
+
+
 def test_hook_access_vote(runtime):
     staff = Principal(kind="staff", id="s1")
     assert can(runtime.pm, staff, "fixture.secret")
@@ -126,3 +150,72 @@ def test_hook_audit_event_written(session, caplog):
         session.commit()  # an observer's failure is logged, the commit stands
     assert [c["action"] for c in calls] == ["fixture.seen", "fixture.observer_fails"]
     assert "observer failed" in caplog.text or "audit_event_written" in caplog.text
+
+
+def test_hook_account_created(session):
+    from core.identity import service
+
+    calls = fixture_plugin.CALLS["account_created"]
+    calls.clear()
+    service.create_account(session, email="New@Example.test", name="New Person", how="staff",
+                           password="a long unique passphrase")
+    assert calls == []  # only after commit
+    session.commit()
+    assert calls == [{"email": "new@example.test", "how": "staff"}]
+
+
+def _registration_draft(session, patient_id: str, issuer: str):
+    from datetime import date
+
+    from core import clock
+    from core.identity import registration
+    from core.studies.models import Patient
+
+    session.add(Patient(issuer=issuer, patient_id=patient_id, family_name="Ruiz", given_name="Ana",
+                        birth_date=date(1990, 1, 1), created_at=clock.now()))
+    session.flush()
+    details = registration.Details("Ana Ruiz", date(1990, 1, 1), "ana@example.test", None)
+    return registration.find_draft(session, registration.start_draft(session, details=details, language="en"))
+
+
+def test_hook_registration_challenge(session, site, tmp_path, database_url):
+    from core.app import build_runtime
+    from core.identity import registration
+    from support import make_site
+
+    build_runtime(site).close()
+    assert registration.challenges(session.info["plugins"], site) == []  # the fixture asks only when its settings say so
+    asking = make_site(tmp_path / "asking", database=database_url,
+                       plugins={"fixture": {"favourite_colour_challenge": True}})
+    runtime = build_runtime(asking)
+    try:
+        [challenge] = registration.challenges(runtime.pm, runtime.site)
+        assert (challenge.name, challenge.label) == ("favourite_colour", "Your favourite colour")
+        draft = _registration_draft(session, "CH-1", "H")
+        calls = fixture_plugin.CALLS["registration_challenge"]
+        calls.clear()
+        attempt = dict(site=asking, draft=draft, kind="patient_id", number="CH-1", last_name="Ruiz", ip="10.1.1.1")
+        assert registration.verify(session, answers={"favourite_colour": "green"}, **attempt).outcome == "failed"
+        assert registration.verify(session, answers={"favourite_colour": "Blue"}, **attempt).outcome == "verified"
+        assert calls == [{"patient": "CH-1", "answer": "green"}, {"patient": "CH-1", "answer": "Blue"}]
+    finally:
+        runtime.close()
+
+
+def test_hook_registration_check(session, site):
+    from datetime import date
+
+    from core.identity import registration
+
+    calls = fixture_plugin.CALLS["registration_check"]
+    calls.clear()
+    refused = _registration_draft(session, "RC-1", "REFUSE")
+    result = registration.verify(session, site=site, draft=refused, kind="patient_id", number="RC-1",
+                                 last_name="RUIZ", answers={}, ip="10.1.1.2")
+    assert (result.outcome, result.message) == ("refused", "Please call the help desk to open your account.")
+    assert refused.patient_ref is None
+    accepted = _registration_draft(session, "RC-2", "H")
+    assert registration.verify(session, site=site, draft=accepted, kind="patient_id", number="RC-2",
+                               last_name="ruiz", answers={}, ip="10.1.1.2").outcome == "verified"
+    assert calls == [{"patient": "RC-1", "birth_date": date(1990, 1, 1), "email": "ana@example.test"},
+                     {"patient": "RC-2", "birth_date": date(1990, 1, 1), "email": "ana@example.test"}]

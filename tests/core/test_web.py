@@ -40,7 +40,7 @@ def test_language_choice_sticks_and_only_redirects_locally(client):
 
 def test_unknown_language_is_ignored(client):
     answer = client.get("/language/fr", follow_redirects=False)
-    assert answer.status_code == 303 and "set-cookie" not in answer.headers
+    assert answer.status_code == 303 and "filmless_lang" not in answer.headers.get("set-cookie", "")
 
 
 def test_not_found_in_the_readers_language(client):
@@ -153,5 +153,9 @@ def test_phone_layout_rules_exist(width):
 def test_each_request_gets_a_session_that_commits(client, session):
     from sqlalchemy import text
 
-    assert client.post("/fixture/notes", params={"body": "from a request"}).json() == {"notes": 1}
+    from support import csrf_token
+
+    assert client.post("/fixture/notes", params={"body": "x"}).status_code == 403  # no CSRF token
+    answer = client.post("/fixture/notes", params={"body": "from a request"}, headers={"X-CSRF-Token": csrf_token(client)})
+    assert answer.json() == {"notes": 1}
     assert session.scalar(text("SELECT body FROM fixture_note")) == "from a request"

@@ -33,6 +33,7 @@ def demo_url(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
     site_file = demo_site_file(folder)
     assert filmless("--site", str(site_file), "migrate").returncode == 0
+    assert filmless("--site", str(site_file), "seed-demo").returncode == 0
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "serve"], cwd=ROOT,
                               env={**os.environ, "PORT": str(port)},

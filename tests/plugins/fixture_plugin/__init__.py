@@ -27,6 +27,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     greeting: str = "hello"
     fail_at_startup: bool = False
+    favourite_colour_challenge: bool = False  # ask "favourite colour" at registration step 2
 
 
 router = APIRouter(prefix="/fixture")
@@ -111,6 +112,25 @@ def seed_demo(session, runtime):
     session.execute(text("INSERT INTO fixture_note (body) VALUES (:body)"), {"body": f"seeded: {greeting}"})
 
 
+SENT_SMS: list[dict] = []  # what the fixture_sms transport was given, in order
+
+
+class FixtureSms:
+    """An SMS gateway that records each text; numbers ending in 0000 are refused
+    (raise), so tests can follow a failing delivery."""
+
+    def send(self, to: str, text: str) -> None:
+        if to.endswith("0000"):
+            raise ConnectionError(f"the fixture gateway refused {to}")
+        SENT_SMS.append({"to": to, "text": text})
+
+
+@hookimpl
+def sms_transports():
+    CALLS["sms_transports"].append({})
+    return {"fixture_sms": FixtureSms()}
+
+
 @hookimpl
 def access_vote(principal, action, resource):
     CALLS["access_vote"].append({"action": action})
@@ -138,3 +158,32 @@ def audit_event_written(event):
     CALLS["audit_event_written"].append({"seq": event.seq, "action": event.action})
     if event.action == "fixture.observer_fails":
         raise RuntimeError("observer failed on purpose")
+
+
+@hookimpl
+def account_created(account, how):
+    CALLS["account_created"].append({"email": account.email, "how": how})
+
+
+# -- registration: a challenge that the site's fixture settings switch on, and a check --
+
+def _colour_is_blue(session, patient, answer):
+    CALLS["registration_challenge"].append({"patient": patient.patient_id, "answer": answer})
+    return answer.strip().lower() == "blue"
+
+
+@hookimpl
+def registration_challenge(site):
+    from core import RegistrationChallenge
+
+    if not site.plugin_settings["fixture"].favourite_colour_challenge:
+        return []
+    return [RegistrationChallenge("favourite_colour", gettext("Your favourite colour"), _colour_is_blue)]
+
+
+@hookimpl
+def registration_check(patient, birth_date, email):
+    CALLS["registration_check"].append({"patient": patient.patient_id, "birth_date": birth_date, "email": email})
+    if patient.issuer == "REFUSE":
+        return gettext("Please call the help desk to open your account.")
+    return None
