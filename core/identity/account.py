@@ -20,7 +20,8 @@ from core.i18n import gettext as _
 from core.identity import sessions
 from core.identity.models import Account, OneTimeCode, PatientLink, RecoveryCode, WebSession
 from core.identity.security import (accept_app_code, check_code, clear_failures, digest, issue_code,
-                                    record_failure, recovery_code_digest, verify_password, wait_seconds)
+                                    record_failure, recovery_code_digest, too_many_attempts, verify_password,
+                                    wait_seconds)
 from core.identity.service import AccountError, account_by_email, normalise_email, set_password, use_recovery_code
 from core.studies.models import Patient
 
@@ -36,7 +37,7 @@ class Throttled(AccountError):
     def __init__(self, seconds: int):
         self.seconds = seconds
         minutes = max(1, -(-seconds // 60))
-        super().__init__(_("Too many attempts. Please wait %(minutes)s minute(s) and try again.", minutes=minutes))
+        super().__init__(too_many_attempts(minutes))
 
 
 def _actor(account: Account) -> str:
@@ -103,7 +104,7 @@ def normalise_mobile(mobile: str) -> str | None:
     if not cleaned:
         return None
     if not MOBILE_SHAPE.match(cleaned):
-        raise AccountError(_("Enter a mobile number with digits only, such as +34 600 123 456."))
+        raise AccountError(_("Enter a mobile number, such as +34 600 123 456."))
     return cleaned
 
 

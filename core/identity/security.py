@@ -158,6 +158,14 @@ def recovery_code_digest(code: str) -> str:
 
 # -- throttling ---------------------------------------------------------------
 
+def too_many_attempts(minutes: int) -> str:
+    from core.i18n import ngettext
+
+    return ngettext("Too many attempts. Please wait %(num)d minute and try again.",
+                    "Too many attempts. Please wait %(num)d minutes and try again.", minutes)
+
+
+
 FREE_FAILURES = 3
 MAX_DELAY = timedelta(minutes=15)
 FORGET_AFTER = timedelta(hours=24)

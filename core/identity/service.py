@@ -113,13 +113,15 @@ def _subject(session: Session, email: str) -> str:
 
 
 def send_sign_in_code(session: Session, *, site, account: Account) -> None:
-    """The emailed second factor, for accounts without an authenticator app."""
+    """The second factor for accounts without an authenticator app: by text message when
+    the person gave a mobile number and chose text messages, otherwise by email."""
     from core import notify
 
     minutes = site.config.identity.code_valid_minutes
     code = issue_code(session, purpose="sign_in", account_id=account.id, minutes=minutes)
-    notify.send_email(session, to=account.email, template="sign_in_code", language=account.language,
-                      code=code, minutes=minutes)
+    send = notify.send_sms if account.mobile and account.notify_sms else notify.send_email
+    send(session, to=account.mobile if send is notify.send_sms else account.email, template="sign_in_code",
+         language=account.language, code=code, minutes=minutes)
 
 
 def check_second_factor(session: Session, *, site, account: Account, code: str, ip: str) -> str:

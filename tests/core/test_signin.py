@@ -214,3 +214,19 @@ def test_sign_in_returns_to_the_page_asked_for_but_only_on_this_site(client, mak
     answer = post_form(client, "/signin", {"email": "pat@example.test", "password": PASSWORD,
                                            "next": "https://evil.test/phish"}, follow_redirects=False)
     assert answer.headers["location"] == "/"
+
+
+def test_the_second_factor_goes_by_text_message_when_chosen(custom_client, frozen_clock):
+    client, runtime = custom_client(identity={"second_factor": "required"})
+    with runtime.sessions() as session:
+        account = service.create_account(session, email="pat@example.test", name="Pat", password=PASSWORD,
+                                         how="staff", mobile="+34600123456")
+        account.notify_sms = True
+        session.commit()
+    attempt(client, "pat@example.test")
+    with runtime.sessions() as session:
+        [text] = messages_to(session, "+34600123456")
+        assert text.channel == "sms" and messages_to(session, "pat@example.test") == []
+        code = last_code(session, "+34600123456")
+    assert "by text message" in client.get("/signin/code").text
+    assert post_form(client, "/signin/code", {"code": code}, follow_redirects=False).status_code == 303

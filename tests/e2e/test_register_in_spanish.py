@@ -29,6 +29,7 @@ def read_code_from_outbox(browser, demo_url: str, recipient: str) -> str:
 def test_a_new_patient_registers_in_spanish(browser, phone, demo_url):
     phone.goto(demo_url + "/language/es?next=/register")
     assert phone.locator("html").get_attribute("lang") == "es"
+    assert phone.locator("h1").inner_text() == "Crear una cuenta"
     assert fits(phone)
 
     phone.fill("input[name=name]", "Casey Newcomer")
@@ -56,6 +57,6 @@ def test_a_new_patient_registers_in_spanish(browser, phone, demo_url):
     phone.locator("main form button[type=submit]").click()
 
     phone.wait_for_url(demo_url + "/")
-    assert phone.locator("#signed-in").is_visible()
+    assert phone.locator("#signed-in").inner_text() == "Ya inició sesión."
     assert phone.locator("html").get_attribute("lang") == "es"
     assert fits(phone)

@@ -11,6 +11,7 @@ from core import access, i18n
 from core.db import DbSession
 from core.i18n import gettext as _
 from core.identity import service, sessions
+from core.identity.security import too_many_attempts
 from core.identity.models import Account
 from core.web import render, safe_next
 
@@ -28,7 +29,7 @@ def set_session_cookie(response, token: str, site) -> None:
 
 def wait_message(seconds: int) -> str:
     minutes = max(1, -(-seconds // 60))
-    return _("Too many attempts. Please wait %(minutes)s minute(s) and try again.", minutes=minutes)
+    return too_many_attempts(minutes)
 
 
 @router.get("/signin", response_class=HTMLResponse, dependencies=[access.public])
@@ -76,7 +77,8 @@ def second_factor_form(request: Request, session: DbSession, next: str = "/"):
     account = _pending_account(request, session)
     if account is None:
         return RedirectResponse("/signin", status_code=303)
-    return render(request, "identity/signin_code.html", uses_app=bool(account.totp_enabled_at), next=safe_next(next))
+    return render(request, "identity/signin_code.html", uses_app=bool(account.totp_enabled_at), next=safe_next(next),
+                  by_text=bool(account.mobile and account.notify_sms))
 
 
 @router.post("/signin/code", dependencies=[access.public])
@@ -95,7 +97,7 @@ def second_factor(request: Request, session: DbSession, code: Annotated[str, For
                   "none": _("This code has expired. Sign in again to get a new one."),
                   "throttled": _("Too many attempts. Please wait a minute and try again.")}
         return render(request, "identity/signin_code.html", uses_app=bool(account.totp_enabled_at),
-                      next=safe_next(next), error=errors.get(outcome, _("This code is not right. Please check it and try again.")))
+                      by_text=bool(account.mobile and account.notify_sms), next=safe_next(next), error=errors.get(outcome, _("This code is not right. Please check it and try again.")))
     token = sessions.start(session, account=account, site=runtime.site, replacing=request.cookies.get(sessions.COOKIE))
     session.commit()
     response = RedirectResponse(safe_next(next), status_code=303)

@@ -107,7 +107,7 @@ def unlock(request: Request, session: DbSession, patient_ref: int, account_id: i
 def queue(request: Request, session: DbSession, done: str = ""):
     notices = {"invited": _("The invitation has been sent and the request is done."),
                "closed": _("The request is closed."),
-               "handled": _("This request had already been handled.")}
+               "handled": _("This request has already been handled.")}
     waiting = staff.open_requests(session)
     return render(request, "identity/staff_requests.html", requests=waiting, notice=notices.get(done, ""),
                   age=staff.age_in_days)
