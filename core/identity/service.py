@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import clock, db
@@ -166,9 +166,6 @@ def seed_demo_accounts(session: Session) -> None:
             create_account(session, email=email, name=name, role=role, password=password, how="staff",
                            email_verified=True, check_password=False)
 
-
-def count_accounts(session: Session) -> int:
-    return session.scalar(select(func.count(Account.id)))
 
 
 def seed_demo(session: Session) -> None:
