@@ -33,6 +33,10 @@ class Principal:
 
 
 ANONYMOUS = Principal()
+# Principals that reach studies through a scope: accounts (their patients), and the
+# share and visit-code sessions that sharing and plugins open (``study:<id>`` entries).
+PATIENT_SIDE_KINDS = {"account", "share", "visit"}
+PACS = Principal(kind="pacs", id="pacs", roles=frozenset({"pacs"}))
 
 # Core rules: action -> predicate(principal, resource). Domains add theirs here.
 CORE_RULES: dict[str, Callable[[Principal, Any], bool]] = {
@@ -42,6 +46,10 @@ CORE_RULES: dict[str, Callable[[Principal, Any], bool]] = {
     "staff.any": lambda principal, resource: bool(principal.roles & {"staff", "helpdesk", "admin"}),
     "helpdesk.queue": lambda principal, resource: bool(principal.roles & {"helpdesk", "admin"}),
     "admin.only": lambda principal, resource: "admin" in principal.roles,
+    # the study store: reading is scoped object by object in core/studies/queries.py
+    "studies.read": lambda principal, resource: principal.kind in PATIENT_SIDE_KINDS or bool(
+        principal.roles & {"staff", "helpdesk", "admin", "pacs"}),
+    "studies.store": lambda principal, resource: bool(principal.roles & {"staff", "admin", "pacs"}),
     # the demo site's outbox of stored emails and SMS (core/outbox.py)
     "outbox.view": lambda principal, resource: "admin" in principal.roles,
 }
@@ -70,6 +78,13 @@ def current_principal(request: Request) -> Principal:
 def _principal_from_cookie(request: Request) -> Principal:
     from core.identity import sessions
 
+    authorization = request.headers.get("authorization", "")
+    if authorization:  # an API caller: only the PACS has a token; a wrong one is nobody
+        expected = request.app.state.runtime.site.config.studies.pacs_token
+        scheme, _, given = authorization.partition(" ")
+        if expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode()):
+            return PACS
+        return ANONYMOUS
     token = request.cookies.get(sessions.COOKIE)
     if not token:
         return ANONYMOUS

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import access, db, outbox, plugins, tasks, web
 from core.identity.routes import routers as identity_routers
 from core.site import Site
+from core.studies.blobs import BlobStore, make_store
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     huey: Huey
+    blobs: BlobStore = None
     tasks: list = field(default_factory=list)
 
     def close(self) -> None:
@@ -35,7 +37,8 @@ def build_runtime(site: Site) -> Runtime:
     """Wire a site's plugins, database and queue, then tell plugins we start."""
     pm = plugins.build_manager(site.plugins)
     engine = db.make_engine(site.config.database)
-    runtime = Runtime(site=site, pm=pm, engine=engine, sessions=None, huey=tasks.make_huey(site))
+    runtime = Runtime(site=site, pm=pm, engine=engine, sessions=None, huey=tasks.make_huey(site),
+                      blobs=make_store(site.config.storage))
     runtime.sessions = db.make_sessionmaker(engine, plugins=pm, runtime=runtime)
     runtime.tasks = tasks.register_core_tasks(runtime)
     for contributed in pm.hook.tasks(runtime=runtime):

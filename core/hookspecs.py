@@ -251,7 +251,67 @@ def access_vote(principal, action, resource):
     """
 
 
+@hookspec
+def report_release_at(report, study):
+    """Hold a report back from patients until a time: return a ``ReleaseHold`` or ``None``.
+
+    Called once when a report is stored (``report`` is the new
+    ``core.studies.models.Report``, with ``category``, ``flags`` and
+    ``signed_at``; ``study`` its ``Study``, with ``location``). The report
+    reaches patient-side principals (patients, proxies, shares, visit codes) at
+    the latest of its signing and every vote; staff always see it. The decision,
+    with the vote's ``rule``, is written to the audit trail, and the patient is
+    shown the date and the vote's ``law``.
+
+    Example::
+
+        from datetime import timedelta
+        from core import ReleaseHold
+
+        @hookimpl
+        def report_release_at(report, study):
+            if "possible_malignancy" in report.flags and study.location.endswith("(TX)"):
+                return ReleaseHold(at=report.signed_at + timedelta(days=3), rule="TX results likely malignant",
+                                   law="Texas Occupations Code §159.0062")
+    """
+
+
+@hookspec
+def images_release_at(study):
+    """Hold a study's images back from patients until a time: a ``ReleaseHold`` or ``None``.
+
+    Called once when a study's first instance is stored. Images reach
+    patient-side principals at the latest of the study's arrival and every vote.
+
+    Example::
+
+        @hookimpl
+        def images_release_at(study):
+            if study.modalities == "MG":
+                return ReleaseHold(at=study.created_at + timedelta(hours=24), rule="mammography read first")
+    """
+
+
 # -- observe -----------------------------------------------------------------
+
+@hookspec
+def study_ingested(study, patient, instance, new_study):
+    """Be told that a DICOM instance was stored and committed.
+
+    ``study``, ``patient`` and ``instance`` are the stored
+    ``core.studies.models`` rows; ``new_study`` is true for the first instance
+    of a study (the moment to issue a visit code or send an activation).
+    Called once per new instance, never for a file that was already stored. An
+    exception here is logged and ignored: the instance stays stored.
+
+    Example::
+
+        @hookimpl
+        def study_ingested(study, patient, new_study):
+            if new_study:
+                issue_visit_code(study)
+    """
+
 
 @hookspec
 def startup(runtime):

@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from types import ModuleType
 from typing import Callable, Mapping
 
@@ -53,6 +54,18 @@ class RegistrationChallenge:
     name: str
     label: str
     check: Callable[..., bool]  # check(session=, patient=, answer=) -> bool
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    """A ``report_release_at`` or ``images_release_at`` vote: not before ``at`` (aware, UTC).
+
+    ``rule`` names the rule that decided (written to the audit trail); ``law``, when
+    set, is shown to the patient: "available on <date> as required by <law>"."""
+
+    at: datetime
+    rule: str
+    law: str = ""
 
 
 class PluginError(Exception):

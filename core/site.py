@@ -65,6 +65,19 @@ class FilesystemStorage(Strict):
     path: Path
 
 
+class S3Storage(Strict):
+    """An S3-compatible bucket (needs the ``s3`` extra: ``pip install filmless[s3]``)."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    endpoint_url: str | None = Field(None, pattern=r"^https?://")
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    scratch: Path = Path("var/scratch")  # local folder for files on their way in
+
+
 class SqliteQueue(Strict):
     kind: Literal["sqlite"]
     path: Path
@@ -108,6 +121,21 @@ class Identity(Strict):
     invitation_valid_hours: int = Field(24, ge=1, le=24 * 30)
 
 
+class DicomListener(Strict):
+    ae_title: str = Field("FILMLESS", pattern=r"^[ -~]{1,16}$")
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+
+
+class Studies(Strict):
+    max_file_mb: int = Field(512, ge=1, le=16384)  # a larger instance is refused at ingest
+    pacs_token: str | None = Field(None, min_length=12)  # bearer token of the PACS (STOW-RS, reports API)
+    dicom: DicomListener = Field(default_factory=DicomListener)
+    cors_origins: list[str] = Field(default_factory=list)  # e.g. an OHIF viewer's origin
+    default_issuer: str = Field("", max_length=64)
+    issuers: dict[str, str] = Field(default_factory=dict)  # Institution Name -> issuer of its patient IDs
+
+
 class Sessions(Strict):
     idle_minutes: int = Field(30, ge=1)
     absolute_hours: int = Field(12, ge=1)
@@ -116,12 +144,13 @@ class Sessions(Strict):
 class SiteConfig(Strict):
     site: SiteInfo
     database: str = Field(pattern=r"^(sqlite|postgresql)(\+\w+)?://")
-    storage: FilesystemStorage
+    storage: Annotated[Union[FilesystemStorage, S3Storage], Field(discriminator="kind")]
     queue: Annotated[Union[SqliteQueue, RedisQueue], Field(discriminator="kind")]
     mail: Annotated[Union[OutboxMail, SmtpMail], Field(discriminator="transport")]
     sms: Sms = Field(default_factory=Sms)
     sessions: Sessions = Field(default_factory=Sessions)
     identity: Identity = Field(default_factory=Identity)
+    studies: Studies = Field(default_factory=Studies)
     demo: bool = False  # demo accounts' passwords work and /outbox is shown to admins only when true
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
 

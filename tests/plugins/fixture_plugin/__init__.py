@@ -187,3 +187,37 @@ def registration_check(patient, birth_date, email):
     if patient.issuer == "REFUSE":
         return gettext("Please call the help desk to open your account.")
     return None
+
+
+# -- the study store: hold reports flagged "fixture_hold" and images of "HOLD IMAGES" studies --
+
+@hookimpl
+def report_release_at(report, study):
+    from datetime import timedelta
+
+    from core import ReleaseHold
+
+    CALLS["report_release_at"].append({"category": report.category, "study": study.study_uid})
+    if "fixture_hold" in report.flags:
+        return ReleaseHold(at=report.signed_at + timedelta(hours=72), rule="fixture 72 h", law="the Fixture Act")
+    return None
+
+
+@hookimpl
+def images_release_at(study):
+    from datetime import timedelta
+
+    from core import ReleaseHold
+
+    CALLS["images_release_at"].append({"study": study.study_uid})
+    if study.description == "HOLD IMAGES":
+        return ReleaseHold(at=study.created_at + timedelta(hours=24), rule="fixture images 24 h")
+    return None
+
+
+@hookimpl
+def study_ingested(study, patient, instance, new_study):
+    CALLS["study_ingested"].append({"study": study.study_uid, "patient": patient.patient_id,
+                                    "sop_uid": instance.sop_uid, "new_study": new_study})
+    if study.description == "OBSERVER FAILS":
+        raise RuntimeError("observer failed on purpose")

@@ -1,0 +1,194 @@
+"""Reading untrusted DICOM files: the header only, checked before anything is stored.
+
+``read_header`` parses a PS3.10 file up to its pixel data (pydicom's
+``stop_before_pixels``), checks that the pixel data it declares is really there
+(a truncated file is refused, not stored), and that the identifying UIDs are
+well formed. Every refusal is a ``Refused`` with a reason a person can act on.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from core.i18n import gettext as _
+
+UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+BULK_THRESHOLD = 1024  # binary values longer than this stay in the file (WADO bulkdata)
+# SOP classes whose content is a report rather than an image
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+SR_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",
+                        "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"})
+
+
+class Refused(ValueError):
+    """A file that cannot be stored; ``str()`` is the reason, in the current language."""
+
+
+@dataclass
+class Header:
+    dataset: Dataset
+    transfer_syntax: str
+    size: int
+
+    def text(self, keyword: str, limit: int = 200) -> str:
+        value = self.dataset.get(keyword)
+        return str(value if value is not None else "").strip()[:limit]
+
+    def number(self, keyword: str) -> int | None:
+        try:
+            value = self.dataset.get(keyword)
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    def date(self, keyword: str) -> date | None:
+        value = self.text(keyword)
+        try:
+            return date(int(value[:4]), int(value[4:6]), int(value[6:8])) if len(value) >= 8 else None
+        except ValueError:
+            return None
+
+
+def read_header(path: Path, *, max_bytes: int) -> Header:
+    size = path.stat().st_size
+    if size == 0:
+        raise Refused(_("The file is empty."))
+    if size > max_bytes:
+        raise Refused(_("The file is larger than this site accepts (%(limit)s MB).", limit=max_bytes // 2**20))
+    try:
+        with open(path, "rb") as handle:
+            dataset = pydicom.dcmread(handle, stop_before_pixels=True)
+            _check_pixel_data(handle, handle.tell(), size, dataset)
+    except Refused:
+        raise
+    except InvalidDicomError:
+        raise Refused(_("This is not a DICOM file (no DICM marker after the 128-byte preamble).")) from None
+    except Exception:  # pydicom raises many kinds on hostile input; all mean the same to the sender
+        raise Refused(_("The DICOM file is damaged or truncated and cannot be read.")) from None
+    meta = getattr(dataset, "file_meta", None)
+    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    for keyword in REQUIRED_UIDS:
+        value = str(dataset.get(keyword, "") or "")
+        if not value:
+            raise Refused(_("The file has no %(attribute)s.", attribute=keyword))
+        if len(value) > 64 or not UID.match(value):
+            raise Refused(_("The file's %(attribute)s is not a valid UID.", attribute=keyword))
+    if not transfer_syntax or not UID.match(transfer_syntax):
+        raise Refused(_("The file does not say how it is encoded (no transfer syntax)."))
+    if not str(dataset.get("PatientID", "") or "").strip():
+        raise Refused(_("The file has no patient ID."))
+    return Header(dataset=dataset, transfer_syntax=transfer_syntax, size=size)
+
+
+def _check_pixel_data(handle, position: int, size: int, dataset: Dataset) -> None:
+    """Refuse a file whose pixel data ends before its declared length."""
+    if position >= size:
+        return
+    handle.seek(position)
+    head = handle.read(12)
+    if len(head) < 8:
+        raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+    little = not (dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.2")
+    order = "<" if little else ">"
+    group, element = struct.unpack(order + "HH", head[:4])
+    if (group, element) not in PIXEL_TAGS:
+        return
+    implicit = dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2"
+    if implicit:
+        length, header_length = struct.unpack(order + "I", head[4:8])[0], 8
+    else:
+        if len(head) < 12:
+            raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+        length, header_length = struct.unpack(order + "I", head[8:12])[0], 12
+    if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
+        handle.seek(max(size - 8, 0))
+        if SEQUENCE_END not in handle.read(8) and not _delimiter_before_padding(handle, position, size):
+            raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+    elif position + header_length + length > size:
+        raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+
+
+def _delimiter_before_padding(handle, position: int, size: int) -> bool:
+    # Trailing padding (FFFC,FFFC) may follow the pixel data; look for the delimiter in the tail.
+    window = min(size - position, 1 << 20)
+    handle.seek(size - window)
+    return SEQUENCE_END in handle.read(window)
+
+
+def header_json(dataset: Dataset) -> dict:
+    """The DICOM JSON model of the header; long binary values become ``BulkDataURI: "bulk:<tag>"``
+    placeholders that DICOMweb turns into addresses."""
+
+    def bulk(element) -> str:
+        return f"bulk:{element.tag:08X}"
+
+    return dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
+
+
+def person_name(dataset: Dataset) -> tuple[str, str]:
+    """(family, given) from PatientName, tolerant of odd values."""
+    name = dataset.get("PatientName")
+    if not name:
+        return "", ""
+    try:
+        return str(name.family_name or "").strip()[:100], str(name.given_name or "").strip()[:100]
+    except Exception:
+        return str(name).strip()[:100], ""
+
+
+def _datetime(date_value, time_value=""):
+    from datetime import datetime, timezone
+
+    text = f"{str(date_value or '').strip()}{str(time_value or '').strip()}"
+    try:
+        if len(text) >= 14:
+            return datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        if len(text) >= 8:
+            return datetime.strptime(text[:8], "%Y%m%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return None
+
+
+def signed_at(dataset: Dataset):
+    """When a report instance was signed: its verification time, else its content time (UTC)."""
+    for verifier in dataset.get("VerifyingObserverSequence", []) or []:
+        moment = _datetime(verifier.get("VerificationDateTime", ""))
+        if moment:
+            return moment
+    return _datetime(dataset.get("ContentDate", ""), dataset.get("ContentTime", ""))
+
+
+def author(dataset: Dataset) -> str:
+    for verifier in dataset.get("VerifyingObserverSequence", []) or []:
+        if verifier.get("VerifyingObserverName"):
+            return str(verifier.VerifyingObserverName)[:200]
+    return ""
+
+
+def sr_text(dataset: Dataset) -> str:
+    """The readable text of a structured report: headings and their text, in document order."""
+    lines: list[str] = []
+
+    def walk(items, depth: int) -> None:
+        for item in items or []:
+            concept = item.get("ConceptNameCodeSequence")
+            name = str(concept[0].get("CodeMeaning", "")) if concept else ""
+            if item.get("ValueType") == "TEXT" and item.get("TextValue"):
+                lines.append(f"{name}: {item.TextValue}" if name else str(item.TextValue))
+            elif item.get("ValueType") == "CONTAINER" and name and depth:
+                lines.append(f"\n{name.upper()}")
+            walk(item.get("ContentSequence"), depth + 1)
+
+    walk([dataset], 0)
+    return "\n".join(lines).strip()
