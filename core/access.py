@@ -66,6 +66,7 @@ def can(pm, principal: Principal, action: str, resource: Any = None) -> bool:
 CSRF_COOKIE = "__Host-filmless_csrf"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+API_PATHS = ("/dicomweb/", "/api/")  # machine callers: 401 with a Bearer challenge, not a page's 403
 
 
 def current_principal(request: Request) -> Principal:
@@ -114,8 +115,13 @@ def rule(action: str) -> Any:
 
     async def check(request: Request) -> Principal:
         await check_csrf(request)
-        principal = await run_in_threadpool(current_principal, request)
+        # a bearer token is checked without the database: no need for a worker thread
+        principal = current_principal(request) if "authorization" in request.headers \
+            else await run_in_threadpool(current_principal, request)
         if not can(request.app.state.runtime.pm, principal, action):
+            if principal.is_anonymous and request.url.path.startswith(API_PATHS):
+                # an API caller without a (valid) token: say which credentials to bring
+                raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
             # 404 for the anonymous too would hide pages; 403 names no resource.
             raise HTTPException(status_code=403)
         return principal

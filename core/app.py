@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import access, db, outbox, plugins, tasks, web
 from core.identity.routes import routers as identity_routers
 from core.site import Site
+from core.studies import routers as study_routers
 from core.studies.blobs import BlobStore, make_store
 
 
@@ -61,6 +62,8 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
     for router in identity_routers:
         app.include_router(router)
     app.include_router(outbox.router)
+    for router in study_routers():
+        app.include_router(router)
     _refuse_undeclared("the core", app.routes)
     for impl in reversed(runtime.pm.hook.routers.get_hookimpls()):
         for router in impl.function() or []:
@@ -89,6 +92,9 @@ def seed_demo(runtime: Runtime) -> bool:
             from core.identity import service as identity
 
             identity.seed_demo(session)
+            from core.studies import demo as study_demo
+
+            study_demo.seed(session, runtime)  # ingests through the real path: commits as it goes
         runtime.pm.hook.seed_demo(session=session, runtime=runtime)
         audit.record(session, actor="system", action="demo.seeded", subject="site")
         session.commit()

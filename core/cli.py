@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 DEFAULT_SITE = "sites/demo.yaml"
 
@@ -123,6 +124,80 @@ def create_staff(args) -> int:
         runtime.close()
 
 
+def _operator() -> str:
+    """Who ran a command, for the audit trail."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # a container user with no name
+        return f"cli:uid-{os.getuid()}"
+
+
+def import_files(args) -> int:
+    """Files, folders, zip files and DICOMDIR trees into the study store."""
+    from core.studies import importer, service
+
+    runtime = _runtime(args)
+    try:
+        removed = service.clear_leftovers(runtime)
+        if removed:
+            print(f"removed {removed} leftovers of an interrupted run", file=sys.stderr)
+        summary = importer.run(runtime, [Path(p) for p in args.paths], actor=_operator())
+    finally:
+        runtime.close()
+    print("\n".join(summary.lines()), flush=True)
+    return 1 if summary.refused else 0
+
+
+def dicom_listen(args) -> int:
+    from core.studies import dimse
+
+    from pydantic import ValidationError
+
+    from core.site import DicomListener
+
+    runtime = _runtime(args)
+    configured = runtime.site.config.studies.dicom
+    try:
+        listener = DicomListener(ae_title=args.ae_title or configured.ae_title, host=args.host or configured.host,
+                                 port=args.port or configured.port)
+    except ValidationError as exc:  # the command line's values get the site file's checks
+        runtime.close()
+        raise CommandError(f"dicom-listen: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    try:
+        _port_free(listener.host, listener.port)
+        dimse.listen(runtime, ae_title=listener.ae_title, host=listener.host, port=listener.port,
+                     announce=lambda line: print(line, flush=True))
+    finally:
+        runtime.close()
+    return 0
+
+
+def link_patients(args) -> int:
+    """Two records of one person at two practices: the second joins the first's person."""
+    from core.studies import service
+
+    runtime = _runtime(args)
+    try:
+        with runtime.sessions() as session:
+            records = []
+            for given in (args.first, args.second):
+                issuer, colon, patient_id = given.partition(":")
+                record = service.find_patient(session, issuer, patient_id) if colon else None
+                if record is None:
+                    raise CommandError(f"no patient record {given!r} (write ISSUER:PATIENT_ID, ':ID' for no issuer)")
+                records.append(record)
+            if records[0].id == records[1].id:
+                raise CommandError("both are the same record")
+            linked = service.link_patients(session, *records, actor=_operator())
+            session.commit()
+    finally:
+        runtime.close()
+    print(f"linked {args.second} to {args.first}" if linked else f"{args.second} and {args.first} were already linked")
+    return 0
+
+
 def serve(args) -> int:
     import uvicorn
 
@@ -191,13 +266,23 @@ def parser() -> argparse.ArgumentParser:
     staff.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     check = commands.add_parser("check-site", help="validate a site file without starting")
     check.add_argument("file", nargs="?")
+    importing = commands.add_parser("import", help="import DICOM files, folders, zip files and DICOMDIR trees")
+    importing.add_argument("paths", nargs="+", metavar="PATH")
+    listen = commands.add_parser("dicom-listen", help="receive DICOM instances (C-STORE) from a PACS or modality")
+    listen.add_argument("--host", help="address to listen on (default: studies.dicom.host)")
+    listen.add_argument("--port", type=int, help="port (default: studies.dicom.port)")
+    listen.add_argument("--ae-title", help="this listener's AE title (default: studies.dicom.ae_title)")
+    link = commands.add_parser("link-patients", help="record that two patient records are the same person")
+    link.add_argument("first", metavar="ISSUER:ID")
+    link.add_argument("second", metavar="ISSUER:ID")
     audit = commands.add_parser("audit", help="audit trail tools")
     audit.add_subparsers(dest="audit_command", required=True).add_parser("verify", help="check the hash chain")
     return top
 
 
 HANDLERS = {"run": run, "serve": serve, "worker": worker, "migrate": migrate, "seed-demo": seed_demo,
-            "check-site": check_site, "audit": audit_verify, "create-staff": create_staff}
+            "check-site": check_site, "audit": audit_verify, "create-staff": create_staff,
+            "import": import_files, "dicom-listen": dicom_listen, "link-patients": link_patients}
 
 
 def main(argv: list[str] | None = None) -> int:

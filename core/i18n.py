@@ -83,8 +83,10 @@ def format_datetime(moment: datetime, format: str = "medium") -> str:
     return dates.format_datetime(_local(moment), format=format, locale=_language.get())
 
 
-def format_date(moment: datetime, format: str = "long") -> str:
-    return dates.format_date(_local(moment).date(), format=format, locale=_language.get())
+def format_date(moment, format: str = "long") -> str:
+    """A moment's day in the site's zone; a calendar date (a birth date, a study date) as it is."""
+    day = _local(moment).date() if isinstance(moment, datetime) else moment
+    return dates.format_date(day, format=format, locale=_language.get())
 
 
 def format_number(value) -> str:

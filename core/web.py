@@ -66,6 +66,8 @@ def core_navigation(principal) -> list[NavEntry]:
     if principal.kind != "account":
         return []
     entries = [NavEntry(i18n.gettext("My account"), "/account", order=90)]
+    if principal.scope:  # linked to at least one patient
+        entries.append(NavEntry(i18n.gettext("My exams"), "/exams", order=5))
     if len(principal.scope) > 1:  # the patient picker matters only to people acting for several
         entries.append(NavEntry(i18n.gettext("My patients"), "/patients", order=10))
     if principal.roles & {"staff", "helpdesk", "admin"}:
@@ -186,6 +188,27 @@ def install(app: FastAPI, runtime) -> None:
             response.headers.setdefault(name, value)
         response.headers.setdefault("Vary", "Cookie, Accept-Language")
         return response
+
+    cors_origins = set(runtime.site.config.studies.cors_origins)
+    if cors_origins:
+        @app.middleware("http")
+        async def dicomweb_cors(request: Request, call_next):
+            """CORS for /dicomweb only, for the site's ``studies.cors_origins`` (e.g. an OHIF viewer
+            served elsewhere, sending the PACS token). No credentials: cookies stay same-site."""
+            origin = request.headers.get("origin")
+            if origin not in cors_origins or not request.url.path.startswith("/dicomweb"):
+                return await call_next(request)
+            allowed = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+            if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+                return Response(status_code=204, headers={
+                    **allowed, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type, If-None-Match",
+                    "Access-Control-Max-Age": "600"})
+            response = await call_next(request)
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "ETag, Warning, Content-Location"
+            response.headers["Vary"] = ", ".join(filter(None, [response.headers.get("Vary"), "Origin"]))
+            return response
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, server_error)

@@ -146,3 +146,12 @@ def audit_events(session, action: str) -> list:
     from core.audit.models import AuditEvent
 
     return session.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)).all()
+
+
+def ingest_file(session, runtime, path, **kwargs):
+    """Ingest a copy of ``path`` the way every way in does: from a scratch file of the store."""
+    from core.studies import blobs, service
+
+    with blobs.scratch_file(runtime.blobs, ".dcm") as scratch:
+        scratch.write_bytes(Path(path).read_bytes())
+        return service.ingest(session, scratch, runtime=runtime, **kwargs)

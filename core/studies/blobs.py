@@ -4,9 +4,18 @@ Keys are made by the store's caller from hashes, never from a file's own names o
 UIDs, so nothing read from a DICOM file becomes part of a path. A file arrives as
 a local *scratch* file (written while it was received) and ``put`` moves it in
 atomically: a reader sees the whole file or none.
+
+Two kinds of leftovers can follow a process that is killed: a half-written
+scratch file, and a blob moved in whose database row never committed. Both are
+found through locks that the kernel drops when their process dies: a scratch
+file is locked while it is in use, and a blob is *claimed* (a locked marker in
+the scratch folder) from just before ``put`` until its transaction has ended.
+``sweep_scratch`` and ``abandoned_claims`` only ever touch what no living process
+holds, so they are safe to run while other processes are receiving files.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -15,12 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
+CLAIM_SUFFIX = ".claim"
+
 
 class BlobStore(Protocol):
     scratch: Path
 
     def put(self, key: str, source: Path) -> None:
-        """Move the finished scratch file ``source`` to ``key`` (replacing nothing that exists)."""
+        """Move the finished scratch file ``source`` to ``key`` (a blob already there is replaced)."""
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -32,26 +43,98 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def _create_locked(path: Path) -> int | None:
+    """Create ``path`` and hold an exclusive lock on it; None if it was swept before we locked it."""
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+            return descriptor
+    except FileNotFoundError:
+        pass
+    os.close(descriptor)
+    return None
+
+
+def _lock_if_abandoned(path: Path) -> int | None:
+    """Lock ``path`` if no living process holds it (and it is still that file); else None."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+            return descriptor
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    os.close(descriptor)
+    return None
+
+
 @contextmanager
 def scratch_file(store: BlobStore, suffix: str = "") -> Iterator[Path]:
     """A new empty file in the store's scratch folder, removed afterwards unless moved in."""
     store.scratch.mkdir(parents=True, exist_ok=True)
-    path = store.scratch / f"{uuid.uuid4().hex}{suffix}.part"
-    path.touch(mode=0o600)
+    descriptor = None
+    while descriptor is None:
+        path = store.scratch / f"{uuid.uuid4().hex}{suffix}.part"
+        descriptor = _create_locked(path)
     try:
         yield path
     finally:
         path.unlink(missing_ok=True)
+        os.close(descriptor)
 
 
 def sweep_scratch(store: BlobStore) -> int:
-    """Remove files left in scratch by a process that was killed mid-receive."""
+    """Remove the scratch files of processes that died while receiving (never a living one's)."""
     removed = 0
     if store.scratch.is_dir():
         for leftover in store.scratch.glob("*.part"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
+            descriptor = _lock_if_abandoned(leftover)
+            if descriptor is not None:
+                leftover.unlink(missing_ok=True)
+                os.close(descriptor)
+                removed += 1
     return removed
+
+
+class Claim:
+    """A blob that is in the store while its database row is not yet committed."""
+
+    def __init__(self, path: Path, key: str, descriptor: int):
+        self.path, self.key, self._descriptor = path, key, descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            self.path.unlink(missing_ok=True)  # unlinked before unlocking: a sweeper never sees it free
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def _claim_name(key: str) -> str:
+    return key.replace("/", "__") + CLAIM_SUFFIX  # keys are [a-z0-9/] (see service.blob_key)
+
+
+def claim(store: BlobStore, key: str) -> Claim:
+    """Mark ``key`` as about to be put by this process, before ``put`` is called."""
+    store.scratch.mkdir(parents=True, exist_ok=True)
+    path = store.scratch / _claim_name(key)
+    descriptor = None
+    while descriptor is None:
+        descriptor = _create_locked(path)
+    return Claim(path, key, descriptor)
+
+
+def abandoned_claims(store: BlobStore) -> Iterator[Claim]:
+    """Claims whose process died before settling them; the caller checks each key and releases it."""
+    if not store.scratch.is_dir():
+        return
+    for path in sorted(store.scratch.glob(f"*{CLAIM_SUFFIX}")):
+        descriptor = _lock_if_abandoned(path)
+        if descriptor is not None:
+            yield Claim(path, path.name[: -len(CLAIM_SUFFIX)].replace("__", "/"), descriptor)
 
 
 class FilesystemBlobs:
@@ -85,6 +168,13 @@ class FilesystemBlobs:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def keys(self) -> Iterator[str]:
+        """Every blob's key (scratch excluded), for checks and maintenance."""
+        for path in self.root.rglob("*"):
+            relative = path.relative_to(self.root)
+            if path.is_file() and relative.parts[0] != self.scratch.name:
+                yield relative.as_posix()
 
 
 class S3Blobs:
@@ -128,6 +218,11 @@ class S3Blobs:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def keys(self) -> Iterator[str]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix):]
 
 
 def make_store(storage) -> BlobStore:

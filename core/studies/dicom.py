@@ -31,7 +31,40 @@ SR_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.
 
 
 class Refused(ValueError):
-    """A file that cannot be stored; ``str()`` is the reason, in the current language."""
+    """A file that cannot be stored; ``str()`` is the reason, in the current language.
+
+    ``kind`` says why for machines (the DICOM listener picks its status from it):
+    ``empty``, ``too_large``, ``not_dicom``, ``damaged``, ``incomplete`` (a required
+    attribute is missing or malformed) or ``conflict`` (it contradicts what is held)."""
+
+    def __init__(self, reason: str, kind: str = "damaged"):
+        super().__init__(reason)
+        self.kind = kind
+
+
+class _GuardedReader:
+    """The file as pydicom reads it, noting any read that asks for more than is left.
+
+    pydicom stops quietly where a file ends early, or reads an absurd declared length
+    up to the end of the file; either way the header it returns is not what the sender
+    meant. Reads are also capped at what is left, so a length of 0xFFFFFFF0 costs nothing."""
+
+    def __init__(self, handle, size: int):
+        self._handle, self._size = handle, size
+        self.short = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self._handle.read()
+        left = max(self._size - self._handle.tell(), 0)
+        if size > left:
+            # Only a tag read that finds the end of the file exactly is a normal end.
+            self.short = self.short or left > 0 or size != 8
+            size = left
+        return self._handle.read(size)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
 
 
 @dataclass
@@ -59,63 +92,85 @@ class Header:
             return None
 
 
+def too_large(max_bytes: int) -> Refused:
+    return Refused(_("The file is larger than this site accepts (%(limit)s MB).", limit=max_bytes // 2**20),
+                   "too_large")
+
+
+def damaged() -> Refused:
+    return Refused(_("The DICOM file is damaged or truncated and cannot be read."), "damaged")
+
+
 def read_header(path: Path, *, max_bytes: int) -> Header:
     size = path.stat().st_size
     if size == 0:
-        raise Refused(_("The file is empty."))
+        raise Refused(_("The file is empty."), "empty")
     if size > max_bytes:
-        raise Refused(_("The file is larger than this site accepts (%(limit)s MB).", limit=max_bytes // 2**20))
+        raise too_large(max_bytes)
     try:
         with open(path, "rb") as handle:
-            dataset = pydicom.dcmread(handle, stop_before_pixels=True)
-            _check_pixel_data(handle, handle.tell(), size, dataset)
+            reader = _GuardedReader(handle, size)
+            dataset = pydicom.dcmread(reader, stop_before_pixels=True)
+            if reader.short:
+                raise damaged()
+            has_pixels = _check_pixel_data(handle, handle.tell(), size, dataset)
     except Refused:
         raise
     except InvalidDicomError:
-        raise Refused(_("This is not a DICOM file (no DICM marker after the 128-byte preamble).")) from None
+        raise Refused(_("This is not a DICOM file (no DICM marker after the 128-byte preamble)."),
+                      "not_dicom") from None
     except Exception:  # pydicom raises many kinds on hostile input; all mean the same to the sender
-        raise Refused(_("The DICOM file is damaged or truncated and cannot be read.")) from None
+        raise damaged() from None
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
-    for keyword in REQUIRED_UIDS:
-        value = str(dataset.get(keyword, "") or "")
-        if not value:
-            raise Refused(_("The file has no %(attribute)s.", attribute=keyword))
-        if len(value) > 64 or not UID.match(value):
-            raise Refused(_("The file's %(attribute)s is not a valid UID.", attribute=keyword))
-    if not transfer_syntax or not UID.match(transfer_syntax):
-        raise Refused(_("The file does not say how it is encoded (no transfer syntax)."))
-    if not str(dataset.get("PatientID", "") or "").strip():
-        raise Refused(_("The file has no patient ID."))
+    try:
+        for keyword in REQUIRED_UIDS:
+            value = str(dataset.get(keyword, "") or "")
+            if not value:
+                raise Refused(_("The file has no %(attribute)s.", attribute=keyword), "incomplete")
+            if len(value) > 64 or not UID.match(value):
+                raise Refused(_("The file's %(attribute)s is not a valid UID.", attribute=keyword), "incomplete")
+        if not transfer_syntax or not UID.match(transfer_syntax):
+            raise Refused(_("The file does not say how it is encoded (no transfer syntax)."), "incomplete")
+        if not str(dataset.get("PatientID", "") or "").strip():
+            raise Refused(_("The file has no patient ID."), "incomplete")
+        if "Rows" in dataset and "Columns" in dataset and not has_pixels:
+            # an image whose pixel data is missing is almost always a file cut short
+            raise Refused(_("The file describes an image but holds no pixel data."), "incomplete")
+    except Refused:
+        raise
+    except Exception:  # a value that cannot be decoded (bad character set, wrong VR)
+        raise damaged() from None
     return Header(dataset=dataset, transfer_syntax=transfer_syntax, size=size)
 
 
-def _check_pixel_data(handle, position: int, size: int, dataset: Dataset) -> None:
-    """Refuse a file whose pixel data ends before its declared length."""
+def _check_pixel_data(handle, position: int, size: int, dataset: Dataset) -> bool:
+    """Whether the file has pixel data; refuse one whose pixel data ends before its declared length."""
     if position >= size:
-        return
+        return False
     handle.seek(position)
     head = handle.read(12)
     if len(head) < 8:
-        raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+        raise damaged()
     little = not (dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.2")
     order = "<" if little else ">"
     group, element = struct.unpack(order + "HH", head[:4])
     if (group, element) not in PIXEL_TAGS:
-        return
+        return False
     implicit = dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2"
-    if implicit:
+    if implicit or not head[4:6].isalpha():  # some writers fall back to implicit VR for pixel data
         length, header_length = struct.unpack(order + "I", head[4:8])[0], 8
     else:
         if len(head) < 12:
-            raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+            raise damaged()
         length, header_length = struct.unpack(order + "I", head[8:12])[0], 12
     if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
         handle.seek(max(size - 8, 0))
         if SEQUENCE_END not in handle.read(8) and not _delimiter_before_padding(handle, position, size):
-            raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+            raise damaged()
     elif position + header_length + length > size:
-        raise Refused(_("The DICOM file is damaged or truncated and cannot be read."))
+        raise damaged()
+    return True
 
 
 def _delimiter_before_padding(handle, position: int, size: int) -> bool:

@@ -25,7 +25,7 @@ class Patient(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     issuer: Mapped[str] = mapped_column(String(64), default="")
-    patient_id: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)  # QIDO and sign-up search it without issuer
     family_name: Mapped[str] = mapped_column(String(100))
     given_name: Mapped[str] = mapped_column(String(100), default="")
     birth_date: Mapped[date | None] = mapped_column(Date)

@@ -127,11 +127,10 @@ def instances(session: Session, principal: Principal, study: Study, *, series_ui
 
 
 def series(session: Session, principal: Principal, study: Study) -> list[Series]:
-    """The study's series that have at least one visible instance, in order."""
-    seen: dict[int, Series] = {}
-    for _instance, one in session.execute(instances(session, principal, study)):
-        seen.setdefault(one.id, one)
-    return list(seen.values())
+    """The study's series that have at least one visible instance, in order (no instance rows loaded)."""
+    visible = instances(session, principal, study).with_only_columns(Instance.series_ref).order_by(None)
+    return list(session.scalars(select(Series).where(Series.study_ref == study.id, Series.id.in_(visible))
+                                .order_by(Series.series_number.nulls_last(), Series.id)))
 
 
 @dataclass
@@ -167,3 +166,16 @@ def released_report_filter(principal: Principal):
     if sees_everything(principal):
         return Report.id.is_not(None)
     return and_(Report.release_at <= clock.now())
+
+
+def visible_instances(session: Session, principal: Principal) -> Select:
+    """Select (Instance, Series, Study) across every study visible to ``principal``, with the
+    release rules of ``instances`` (searches that span studies: QIDO-RS, visible counts)."""
+    query = (select(Instance, Series, Study).join(Series, Instance.series_ref == Series.id)
+             .join(Study, Series.study_ref == Study.id).where(study_filter(session, principal)))
+    if not sees_everything(principal):
+        now = clock.now()
+        held = select(Report.source_uid).where(Report.release_at > now, Report.source_uid.is_not(None))
+        query = query.where(or_(Study.images_release_at.is_(None), Study.images_release_at <= now),
+                            not_(Instance.sop_uid.in_(held)))
+    return query

@@ -219,3 +219,87 @@ def test_hook_registration_check(session, site):
                                last_name="ruiz", answers={}, ip="10.1.1.2").outcome == "verified"
     assert calls == [{"patient": "RC-1", "birth_date": date(1990, 1, 1), "email": "ana@example.test"},
                      {"patient": "RC-2", "birth_date": date(1990, 1, 1), "email": "ana@example.test"}]
+
+
+# -- the study store -----------------------------------------------------------------------
+
+def test_hook_study_ingested(runtime, session, tmp_path, caplog):
+    from support import ingest_file
+
+    from core.studies import synthetic
+    from core.studies.models import Instance
+
+    calls = fixture_plugin.CALLS["study_ingested"]
+    calls.clear()
+    spec = synthetic.StudySpec(patient_id="HOOK-1", instances=2)
+    first, second = synthetic.write(synthetic.study(spec), tmp_path / "in")
+    stored = [ingest_file(session, runtime, path) for path in (first, second, first)]
+    assert [result.outcome for result in stored] == ["stored", "stored", "duplicate"]
+    assert calls == [{"study": spec.study_uid, "patient": "HOOK-1", "sop_uid": stored[0].sop_uid, "new_study": True},
+                     {"study": spec.study_uid, "patient": "HOOK-1", "sop_uid": stored[1].sop_uid, "new_study": False}]
+    failing = synthetic.StudySpec(patient_id="HOOK-2", instances=1, description="OBSERVER FAILS")
+    [path] = synthetic.write(synthetic.study(failing), tmp_path / "failing")
+    with caplog.at_level(logging.ERROR):
+        result = ingest_file(session, runtime, path)
+    assert result.outcome == "stored" and "plugin 'fixture' failed in study_ingested" in caplog.text
+    session.rollback()
+    assert session.scalar(text("SELECT count(*) FROM instance WHERE sop_uid = :uid"), {"uid": result.sop_uid}) == 1
+    assert session.query(Instance).filter_by(sop_uid=result.sop_uid).one().size == path.stat().st_size
+
+
+def test_hook_report_release_at(runtime, session, frozen_clock):
+    from datetime import timedelta
+
+    from support import audit_events
+
+    from core import clock
+    from core.studies import service
+    from core.studies.models import Patient, Study
+
+    patient = Patient(issuer="H", patient_id="HOOK-3", family_name="Hook", created_at=clock.now())
+    session.add(patient)
+    session.flush()
+    study = Study(patient_ref=patient.id, study_uid="1.2.826.0.1.99.3", location="Fixture Clinic",
+                  created_at=clock.now())
+    session.add(study)
+    session.flush()
+    calls = fixture_plugin.CALLS["report_release_at"]
+    calls.clear()
+    signed = clock.now() - timedelta(hours=1)
+    held = service.add_report(session, runtime=runtime, study=study, signed_at=signed, text="Held.",
+                              flags=["fixture_hold"], source_uid="hook-held")
+    free = service.add_report(session, runtime=runtime, study=study, signed_at=signed, text="Free.",
+                              source_uid="hook-free")
+    session.commit()
+    assert calls == [{"category": "radiology", "study": "1.2.826.0.1.99.3"}] * 2
+    assert (held.release_at, held.release_rule, held.release_law) == (
+        signed + timedelta(hours=72), "fixture 72 h", "the Fixture Act")
+    assert (free.release_at, free.release_rule, free.release_law) == (signed, "", "")
+    rules = [event.detail["rule"] for event in audit_events(session, "report.stored")]
+    assert rules == ["fixture 72 h", "signed"]
+
+
+def test_hook_images_release_at(runtime, session, tmp_path, frozen_clock):
+    from datetime import timedelta
+
+    from support import audit_events, ingest_file
+
+    from core import clock
+    from core.studies import synthetic
+    from core.studies.models import Study
+
+    calls = fixture_plugin.CALLS["images_release_at"]
+    calls.clear()
+    held = synthetic.StudySpec(patient_id="HOOK-4", instances=2, description="HOLD IMAGES")
+    free = synthetic.StudySpec(patient_id="HOOK-4", instances=1)
+    for spec in (held, free):
+        for path in synthetic.write(synthetic.study(spec), tmp_path / spec.study_uid):
+            assert ingest_file(session, runtime, path).outcome == "stored"
+    assert calls == [{"study": held.study_uid}, {"study": free.study_uid}]  # once per study, not per instance
+    by_uid = {s.study_uid: s for s in session.query(Study).filter(Study.study_uid.in_([held.study_uid,
+                                                                                         free.study_uid]))}
+    assert (by_uid[held.study_uid].images_release_at, by_uid[held.study_uid].images_release_rule) == (
+        clock.now() + timedelta(hours=24), "fixture images 24 h")
+    assert (by_uid[free.study_uid].images_release_at, by_uid[free.study_uid].images_release_rule) == (clock.now(), "")
+    [event] = audit_events(session, "study.images_held")
+    assert event.subject == f"study:{by_uid[held.study_uid].id}" and event.detail["rule"] == "fixture images 24 h"

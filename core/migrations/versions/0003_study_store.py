@@ -86,6 +86,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('sex', sa.String(length=16), nullable=False, server_default=''))
         batch_op.add_column(sa.Column('person_ref', sa.Integer(), nullable=True))
         batch_op.create_index(batch_op.f('ix_patient_person_ref'), ['person_ref'], unique=False)
+        batch_op.create_index(batch_op.f('ix_patient_patient_id'), ['patient_id'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_patient_person_ref_patient'), 'patient', ['person_ref'], ['id'])
 
     with op.batch_alter_table('study', schema=None) as batch_op:
@@ -120,6 +121,7 @@ def downgrade() -> None:
     with op.batch_alter_table('patient', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_patient_person_ref_patient'), type_='foreignkey')
         batch_op.drop_index(batch_op.f('ix_patient_person_ref'))
+        batch_op.drop_index(batch_op.f('ix_patient_patient_id'))
         batch_op.drop_column('person_ref')
         batch_op.drop_column('sex')
 

@@ -1,0 +1,226 @@
+"""Frames as pictures: JPEG or PNG of one frame, windowed and scaled, for DICOMweb's
+``/rendered`` and ``/thumbnail`` and the patient pages' "view / download as JPG".
+
+Pixels are decoded by pydicom's handlers (native, JPEG, JPEG-LS, JPEG 2000, RLE through
+pylibjpeg and Pillow), then: Modality LUT (rescale), VOI (the asked window, else the
+file's, else the frame's own range; linear or sigmoid), MONOCHROME1 inverted, colour
+converted to RGB. Results are kept in a bounded in-memory LRU per runtime, so the
+viewer's repeated requests cost no decoding.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from io import BytesIO
+from typing import BinaryIO, Iterator
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+from core.i18n import gettext as _
+from core.studies.models import Instance
+
+# Only ``sha256``, ``blob_key``, ``rows``, ``columns`` and ``frames`` of an instance are read here,
+# so a query row with those columns serves as well as an ``Instance``.
+
+CACHE_BYTES = 64 * 2**20
+FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
+FUNCTIONS = ("linear", "sigmoid")
+# Frames decoded since start-up: tests read it to tell a cache hit from a decode.
+STATS = {"decodes": 0}
+
+
+class CannotRender(Exception):
+    """A frame whose pixels cannot be decoded or shown; ``message`` says why, translated."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class RenderCache:
+    """Rendered pictures by key, least recently used dropped first, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes, self.size = max_bytes, 0
+        self._entries: OrderedDict[tuple, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:
+            return  # one huge picture would push out everything else
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            self.size -= len(previous) if previous is not None else 0
+            self._entries[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _key, dropped = self._entries.popitem(last=False)
+                self.size -= len(dropped)
+
+
+def cache_of(runtime) -> RenderCache:
+    """The runtime's cache (made on first use; one per site, so two sites never share pictures)."""
+    cache = runtime.__dict__.get("render_cache")
+    if cache is None:
+        cache = runtime.__dict__.setdefault("render_cache", RenderCache())
+    return cache
+
+
+@contextmanager
+def open_blob(runtime, instance: Instance) -> Iterator[BinaryIO]:
+    handle = runtime.blobs.open(instance.blob_key)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def cache_key(instance: Instance, frame: int, window, function: str, size, fmt: str, quality: int) -> tuple:
+    window = tuple(round(float(v), 4) for v in window) if window else None
+    size = tuple(int(v) for v in size) if size else None
+    return (instance.sha256, frame, window, function, size, fmt, quality if fmt == "jpeg" else 0)
+
+
+def etag(instance: Instance, frame: int = 1, *, window=None, function: str = "linear", size=None,
+         fmt: str = "jpeg", quality: int = 90) -> str:
+    """A strong validator of a rendering: same stored file and same parameters, same picture."""
+    key = cache_key(instance, frame, window, function, size, fmt, quality)
+    return '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
+
+
+def rendered(runtime, instance: Instance, frame: int = 1, *, window: tuple[float, float] | None = None,
+             size: tuple[int, int] | None = None, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    """Frame ``frame`` (1-based) of ``instance`` as JPEG or PNG bytes; ``window`` is (centre, width)
+    in rescaled units, ``size`` the largest (width, height) to fit in. Raises ``CannotRender``."""
+    return render_frame(runtime, instance, frame, window=window, size=size, fmt=fmt, quality=quality)
+
+
+def render_frame(runtime, instance: Instance, frame: int = 1, *, window: tuple[float, float] | None = None,
+                 function: str = "linear", size: tuple[int, int] | None = None, fmt: str = "jpeg",
+                 quality: int = 90) -> bytes:
+    """``rendered`` with the VOI function too (``linear`` or ``sigmoid``, DICOMweb's ``window``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    quality = min(max(int(quality), 1), 100)
+    key = cache_key(instance, frame, window, function, size, fmt, quality)
+    cache = cache_of(runtime)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    pixels, dataset = decode(runtime, instance, frame)
+    picture = to_picture(pixels, dataset, window, function)
+    if size:
+        picture = fit(picture, size)
+    data = encode(picture, fmt, quality)
+    cache.put(key, data)
+    return data
+
+
+def decode(runtime, instance: Instance, frame: int) -> tuple[np.ndarray, Dataset]:
+    """The pixel values of one frame (colour as RGB) and the dataset describing them."""
+    if not instance.rows or not instance.columns:
+        raise CannotRender(_("This item is a document, not an image, so it cannot be shown as a picture."))
+    if not 1 <= frame <= max(instance.frames, 1):
+        raise CannotRender(_("This image has no frame %(frame)s.", frame=frame))
+    STATS["decodes"] += 1
+    dataset = Dataset()
+    try:
+        with open_blob(runtime, instance) as handle:
+            pixels = pixel_array(handle, ds_out=dataset, index=frame - 1)
+    except Exception:  # every decoder failure means the same thing to the reader
+        raise CannotRender(_("The image data of this frame is damaged or in a form that cannot be decoded.")) \
+            from None
+    return pixels, dataset
+
+
+def _first(value, fallback=None):
+    if value is None or value == "":
+        return fallback
+    try:
+        return float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+    except (TypeError, ValueError, IndexError):
+        return fallback
+
+
+def to_picture(pixels: np.ndarray, dataset: Dataset, window=None, function: str = "linear") -> Image.Image:
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, dataset)
+        return Image.fromarray(_to_8bit(pixels, 16 if pixels.dtype.itemsize > 1 else 8), "RGB")
+    if samples == 3 or pixels.ndim == 3:
+        bits = int(dataset.get("BitsStored", 8) or 8)
+        return Image.fromarray(_to_8bit(pixels, bits), "RGB")
+    if window is None and dataset.get("WindowCenter") is not None and dataset.get("WindowWidth") is not None:
+        center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
+        window = (center, width) if center is not None and width else None
+        function = "sigmoid" if str(dataset.get("VOILUTFunction", "")).upper() == "SIGMOID" else "linear"
+    lowest, highest = int(pixels.min()), int(pixels.max())
+    if pixels.dtype.kind in "iu" and highest - lowest < 2**20:
+        # every distinct stored value once, through a lookup table: a fraction of the work
+        # of transforming each pixel in floating point
+        table = _grey(np.arange(lowest, highest + 1, dtype=np.int64), dataset, window, function)
+        grey = table[np.subtract(pixels, lowest, dtype=np.int64)]
+    else:
+        grey = _grey(pixels, dataset, window, function)
+    if photometric == "MONOCHROME1":  # low values are white
+        grey = 255 - grey
+    return Image.fromarray(grey, "L")
+
+
+def _grey(values: np.ndarray, dataset: Dataset, window, function: str) -> np.ndarray:
+    """Stored values to grey levels 0..255: Modality LUT, then the window (or VOI LUT, or the range)."""
+    values = apply_modality_lut(values, dataset).astype(np.float64)
+    if window is None and "VOILUTSequence" in dataset:
+        values = apply_voi_lut(values, dataset).astype(np.float64)
+    if window is not None:
+        grey = voi(values, float(window[0]), max(float(window[1]), 1.0), function)
+    else:
+        low, high = float(values.min()), float(values.max())
+        grey = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def voi(values: np.ndarray, center: float, width: float, function: str = "linear") -> np.ndarray:
+    """The VOI LUT functions of PS3.3 C.11.2.1.2 to 0..255."""
+    if function == "sigmoid":
+        return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if width <= 1:
+        return np.where(values <= center - 0.5, 0.0, 255.0)
+    return np.clip(((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0, 0, 255)
+
+
+def _to_8bit(pixels: np.ndarray, bits: int) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    top = float(2 ** min(max(bits, 1), 16) - 1)
+    return np.clip(pixels.astype(np.float64) / top * 255.0, 0, 255).astype(np.uint8)
+
+
+def fit(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Scaled to fit in (width, height), keeping its proportions (DICOMweb's ``viewport``)."""
+    width, height = size
+    scale = min(width / picture.width, height / picture.height)
+    target = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return picture if target == picture.size else picture.resize(target, Image.Resampling.LANCZOS)
+
+
+def encode(picture: Image.Image, fmt: str, quality: int = 90) -> bytes:
+    buffer = BytesIO()
+    if fmt == "png":
+        picture.save(buffer, format="PNG", compress_level=3)
+    else:
+        picture.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
