@@ -223,20 +223,22 @@ def worker(args) -> int:
 
 
 def run(args) -> int:
-    """Web and worker together; Ctrl-C stops both."""
+    """Web, worker and DICOM listener together; Ctrl-C stops them all."""
     _port_free(args.host, args.port)
     _check_ready(args)  # refuse to start anything if the site or schema is wrong
     env = {**os.environ, "FILMLESS_SITE": args.site}
-    worker_process = subprocess.Popen([sys.executable, "-m", "core.cli", "worker", "--workers", str(args.workers)],
-                                      env=env)
+    children = [subprocess.Popen([sys.executable, "-m", "core.cli", *command], env=env)
+                for command in (["worker", "--workers", str(args.workers)], ["dicom-listen"])]
     try:
         return serve(args)
     finally:
-        worker_process.send_signal(signal.SIGINT)
-        try:
-            worker_process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker_process.kill()
+        for child in children:
+            child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -252,7 +254,7 @@ def parser() -> argparse.ArgumentParser:
     def worker_options(command):
         command.add_argument("--workers", type=int, default=2, help="worker threads (default: %(default)s)")
 
-    run = commands.add_parser("run", help="web server and worker together")
+    run = commands.add_parser("run", help="web server, worker and DICOM listener together")
     web_options(run)
     worker_options(run)
     web_options(commands.add_parser("serve", help="web server only"))

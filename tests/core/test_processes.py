@@ -3,6 +3,8 @@ one-line refusals that start nothing."""
 import os
 import signal
 import subprocess
+import time
+import socket
 import sys
 from pathlib import Path
 
@@ -61,7 +63,8 @@ def test_filmless_worker_consumes_the_sites_queue(tmp_path):
 
 
 def test_filmless_run_serves_both_languages_and_stops_cleanly(tmp_path):
-    site_file = demo_site_file(tmp_path)
+    listener_port = free_port()
+    site_file = demo_site_file(tmp_path, studies={"dicom": {"port": listener_port}})
     assert filmless("--site", str(site_file), "migrate").returncode == 0
     assert filmless("--site", str(site_file), "seed-demo").stdout == "demo data loaded\n"
     port = free_port()
@@ -75,8 +78,9 @@ def test_filmless_run_serves_both_languages_and_stops_cleanly(tmp_path):
         spanish = httpx.get(f"http://127.0.0.1:{port}/", headers={"Accept-Language": "es"})
         assert "Filmless Demo Imaging" in english.text and "Sign in" in english.text
         assert '<html lang="es">' in spanish.text and "Iniciar sesión" in spanish.text
-        workers = children(run.pid)
-        assert len(workers) == 1 and alive(workers[0])
+        workers = children(run.pid)  # the worker and the DICOM listener
+        assert len(workers) == 2 and all(alive(worker) for worker in workers)
+        wait_for_port(listener_port)
 
         busy = filmless("--site", str(site_file), "serve", env={"PORT": str(port)})
         assert busy.returncode == 2
@@ -84,7 +88,17 @@ def test_filmless_run_serves_both_languages_and_stops_cleanly(tmp_path):
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=30)
-    assert not alive(workers[0])
+    assert not any(alive(worker) for worker in workers)
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)  # waiting for another process to listen, not moving test time
+    raise AssertionError(f"nothing listens on port {port}")
 
 
 BAD_STARTS = {
