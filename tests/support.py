@@ -155,3 +155,17 @@ def ingest_file(session, runtime, path, **kwargs):
     with blobs.scratch_file(runtime.blobs, ".dcm") as scratch:
         scratch.write_bytes(Path(path).read_bytes())
         return service.ingest(session, scratch, runtime=runtime, **kwargs)
+
+
+def add_linked_patient(session, account_id: int, relationship: str = "self", **fields):
+    """A patient record that ``account_id`` may see (as themselves, or as guardian etc.); flushed, not committed."""
+    from core import clock
+    from core.identity.models import PatientLink
+    from core.studies.models import Patient
+
+    patient = Patient(created_at=clock.now(), **fields)
+    session.add(patient)
+    session.flush()
+    session.add(PatientLink(account_id=account_id, patient_ref=patient.id, relationship=relationship,
+                            created_at=clock.now()))
+    return patient

@@ -8,7 +8,7 @@ import pyotp
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from support import last_code, messages_to, post_form, sign_in_as
+from support import add_linked_patient, last_code, messages_to, post_form, sign_in_as
 
 from core import clock
 from core.audit.models import AuditEvent
@@ -100,12 +100,8 @@ def test_core_menu_entries(client, session, make_account):
     sign_in_as(client, "pat@example.test", PASSWORD)
     page = client.get("/").text
     assert '<a href="/account">My account</a>' in page and '<a href="/patients">' not in page
-    child = Patient(issuer="T", patient_id="CHILD-1", family_name="Example", given_name="Kid",
-                    birth_date=date(2018, 5, 6), created_at=clock.now())
-    session.add(child)
-    session.flush()
-    session.add(PatientLink(account_id=account.id, patient_ref=child.id, relationship="guardian",
-                            created_at=clock.now()))
+    add_linked_patient(session, account.id, "guardian", issuer="T", patient_id="CHILD-1",
+                       family_name="Example", given_name="Kid", birth_date=date(2018, 5, 6))
     session.commit()
     assert '<a href="/patients">My patients</a>' in client.get("/").text
 

@@ -13,7 +13,7 @@ from core import clock
 from core.identity.models import PatientLink
 from core.studies import report_pdf, service, synthetic
 from core.studies.models import Instance, Patient, Report, Series, Study
-from support import audit_events, post_form, sign_in_as
+from support import add_linked_patient, audit_events, post_form, sign_in_as
 
 PASSWORD = "a long unique passphrase"
 
@@ -169,12 +169,8 @@ def test_the_exam_list_in_spanish(client, alex_exams):
 def guardian(session, runtime, tmp_path, make_account, frozen_clock):
     account = make_account(email="sam@example.test", name="Sam Example", password=PASSWORD)
     own = _patient_of(session, account)
-    child = Patient(issuer="T", patient_id="CHILD-1", family_name="Example", given_name="Riley",
-                    birth_date=date(2018, 5, 6), created_at=clock.now())
-    session.add(child)
-    session.flush()
-    session.add(PatientLink(account_id=account.id, patient_ref=child.id, relationship="guardian",
-                            created_at=clock.now()))
+    child = add_linked_patient(session, account.id, "guardian", issuer="T", patient_id="CHILD-1",
+                               family_name="Example", given_name="Riley", birth_date=date(2018, 5, 6))
     session.commit()
     _add_study(session, runtime, tmp_path, own, description="SAM OWN MR", modality="MR")
     _add_study(session, runtime, tmp_path, child, description="RILEY WRIST XR", modality="CR")

@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from support import ROOT, free_port, site_data, wait_for, write_site
+from support import ROOT, add_linked_patient, free_port, site_data, wait_for, write_site
 
 from core import db
 from core.app import build_runtime
@@ -28,21 +28,14 @@ def make_patient_studies(runtime, folder: Path) -> dict:
     a series whose file says JPEG but holds garbage, stored the way every way in stores them."""
     from pydicom.encaps import encapsulate
 
-    from core import clock
     from core.identity import service as identity
-    from core.identity.models import PatientLink
     from core.studies import service, synthetic
-    from core.studies.models import Patient
 
     with runtime.sessions() as session:
         account = identity.create_account(session, email=EMAIL, name="Vera Viewer", how="staff",
                                           password=PASSWORD, email_verified=True)
-        patient = Patient(issuer="E2E", patient_id="VIEW-1", family_name="Viewer", given_name="Vera",
-                          birth_date=date(1975, 5, 6), created_at=clock.now())
-        session.add(patient)
-        session.flush()
-        session.add(PatientLink(account_id=account.id, patient_ref=patient.id, relationship="self",
-                                created_at=clock.now()))
+        add_linked_patient(session, account.id, issuer="E2E", patient_id="VIEW-1", family_name="Viewer",
+                           given_name="Vera", birth_date=date(1975, 5, 6))
         session.commit()
         common = dict(patient_id="VIEW-1", issuer="E2E", family_name="Viewer", given_name="Vera",
                       birth_date=date(1975, 5, 6), description="CT CHEST")
