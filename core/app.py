@@ -28,6 +28,13 @@ class Runtime:
     huey: Huey
     blobs: BlobStore = None
     tasks: list = field(default_factory=list)
+    caches: dict = field(default_factory=dict)
+
+    def cache(self, name: str, make):
+        """Per-site, per-process state kept between requests (rendered pictures, audit memo),
+        made on first use; a runtime of its own per site, so two sites never share it."""
+        found = self.caches.get(name)
+        return found if found is not None else self.caches.setdefault(name, make())
 
     def close(self) -> None:
         plugins.call_each(self.pm, "shutdown", strict=False, runtime=self)

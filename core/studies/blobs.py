@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -227,11 +226,3 @@ class S3Blobs:
 
 def make_store(storage) -> BlobStore:
     return S3Blobs(storage) if storage.kind == "s3" else FilesystemBlobs(storage.path)
-
-
-def copy_into(store: BlobStore, key: str, stream: BinaryIO) -> None:
-    """Store a stream under ``key`` (used for report PDFs posted through the API)."""
-    with scratch_file(store) as path:
-        with open(path, "wb") as handle:
-            shutil.copyfileobj(stream, handle)
-        store.put(key, path)

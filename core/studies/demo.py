@@ -54,18 +54,16 @@ def seed(session: Session, runtime) -> None:
         alex = _patient(session, "DEMO-1001")
         if alex is not None:
             _alex(loader, alex, today)
-        riley = _patient(session, "DEMO-1002")
-        if riley is not None:
-            spec = _spec(riley, description="XR WRIST LEFT", modality="CR", body_part="WRIST", rows=192, columns=192,
-                         study_date=today - timedelta(days=40), series=1, instances=2)
-            spec = loader.study(spec, placeholder=True)
-            loader.text_report(spec, [("Findings", WRIST_FINDINGS)], signed=_at(spec.study_date, 1, 15))
-        casey = _patient(session, "DEMO-1003")
-        if casey is not None:
-            spec = _spec(casey, description="XR CHEST", modality="CR", body_part="CHEST", rows=128, columns=128,
-                         study_date=today - timedelta(days=12), series=1, instances=1)
-            spec = loader.study(spec, placeholder=True)
-            loader.text_report(spec, [("Findings", XR_FINDINGS)], signed=_at(spec.study_date, 0, 16))
+        # Riley (the guardian's child) and Casey (the sign-up persona): one X-ray each
+        for patient_id, description, body_part, size, days_ago, images, findings, signed in (
+                ("DEMO-1002", "XR WRIST LEFT", "WRIST", 192, 40, 2, WRIST_FINDINGS, (1, 15)),
+                ("DEMO-1003", "XR CHEST", "CHEST", 128, 12, 1, XR_FINDINGS, (0, 16))):
+            patient = _patient(session, patient_id)
+            if patient is not None:
+                spec = _spec(patient, description=description, modality="CR", body_part=body_part, rows=size,
+                             columns=size, study_date=today - timedelta(days=days_ago), series=1, instances=images)
+                spec = loader.study(spec, placeholder=True)
+                loader.text_report(spec, [("Findings", findings)], signed=_at(spec.study_date, *signed))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -66,8 +66,7 @@ class _AuditMemo:
 
 
 def _memo(runtime) -> _AuditMemo:
-    found = runtime.__dict__.get("dicomweb_audit_memo")
-    return found if found is not None else runtime.__dict__.setdefault("dicomweb_audit_memo", _AuditMemo())
+    return runtime.cache("dicomweb_audit_memo", _AuditMemo)
 
 
 def audit_access(session: Session, runtime, principal: Principal, action: str, study_ids, *,

@@ -98,17 +98,13 @@ def _file_bytes(runtime, instance: Instance):
 
 def _parts(runtime, plan, writer: Multipart):
     for instance, syntax, reencode in plan:
-        if reencode:
-            try:
-                data = frames.explicit_little_endian(runtime, instance)
-            except render.CannotRender:
-                log.warning("instance %s could not be re-encoded; left out of the answer", instance.sop_uid)
-                continue
-            yield writer.head(f"application/dicom; transfer-syntax={syntax}")
-            yield data
-        else:
-            yield writer.head(f"application/dicom; transfer-syntax={syntax}")
-            yield from _file_bytes(runtime, instance)
+        try:
+            data = [frames.explicit_little_endian(runtime, instance)] if reencode else None
+        except render.CannotRender:
+            log.warning("instance %s could not be re-encoded; left out of the answer", instance.sop_uid)
+            continue
+        yield writer.head(f"application/dicom; transfer-syntax={syntax}")
+        yield from data or _file_bytes(runtime, instance)
     yield writer.end()
 
 

@@ -66,8 +66,7 @@ class _Places:
 
 
 def _places(runtime) -> _Places:
-    found = runtime.__dict__.get("pixel_places")
-    return found if found is not None else runtime.__dict__.setdefault("pixel_places", _Places())
+    return runtime.cache("pixel_places", _Places)
 
 
 def header_number(instance: Instance, tag: str, fallback: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, false, func, not_, or_, select
+from sqlalchemy import Select, false, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from core import clock
@@ -165,7 +165,7 @@ def released_report_filter(principal: Principal):
     """A clause on ``Report`` for reports this principal may read (for listings that join)."""
     if sees_everything(principal):
         return Report.id.is_not(None)
-    return and_(Report.release_at <= clock.now())
+    return Report.release_at <= clock.now()
 
 
 def visible_instances(session: Session, principal: Principal) -> Select:

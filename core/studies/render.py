@@ -72,10 +72,7 @@ class RenderCache:
 
 def cache_of(runtime) -> RenderCache:
     """The runtime's cache (made on first use; one per site, so two sites never share pictures)."""
-    cache = runtime.__dict__.get("render_cache")
-    if cache is None:
-        cache = runtime.__dict__.setdefault("render_cache", RenderCache())
-    return cache
+    return runtime.cache("render_cache", RenderCache)
 
 
 @contextmanager

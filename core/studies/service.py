@@ -12,6 +12,7 @@ killed in between leaves an abandoned claim that ``remove_orphans`` settles.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -303,7 +304,7 @@ def add_report(session: Session, *, runtime, study: Study, signed_at: datetime, 
         # a fresh key each time: two writers of one report never share (or delete) a blob
         report.pdf_blob_key = blob_key("report", f"{source_uid or study.study_uid}/{uuid.uuid4().hex}")
         with scratch_file(runtime.blobs, ".pdf") as scratch:
-            scratch.write_bytes(Path(pdf).read_bytes())
+            shutil.copyfile(pdf, scratch)  # the store moves the copy in; the caller keeps its file
             put_in_transaction(session, runtime.blobs, report.pdf_blob_key, scratch)
     report.release_at, hold = _latest(runtime.pm, "report_release_at", signed_at, report=report, study=study)
     report.release_rule, report.release_law = (hold.rule, hold.law) if hold else ("", "")
