@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 # (creating a language's catalogue the first time). The .po files are the
 # source of truth: core/i18n.py reads them directly, nothing is compiled.
 messages: $(VENV)/.installed
-	$(BIN)/pybabel --quiet extract -F babel.cfg -k _ -k gettext -k ngettext:1,2 --no-location --sort-output \
+	$(BIN)/pybabel --quiet extract -F babel.cfg -k _ -k N_ -k gettext -k ngettext:1,2 --no-location --sort-output \
 		--project=Filmless --copyright-holder="Filmless contributors" -o locales/messages.pot core plugins
 	$(BIN)/pybabel --quiet update --init-missing --ignore-obsolete --no-fuzzy-matching -i locales/messages.pot -d locales -l es
 	$(BIN)/pybabel --quiet update --init-missing --ignore-obsolete --no-fuzzy-matching -i locales/messages.pot -d locales -l en

@@ -49,6 +49,15 @@ CORE_RULES: dict[str, Callable[[Principal, Any], bool]] = {
     # the study store: reading is scoped object by object in core/studies/queries.py
     "studies.read": lambda principal, resource: principal.kind in PATIENT_SIDE_KINDS or bool(
         principal.roles & {"staff", "helpdesk", "admin", "pacs"}),
+    # exports of what one may read (core/studies/exports); plugins may refuse by format or study
+    "studies.export": lambda principal, resource: (
+        principal.kind in PATIENT_SIDE_KINDS and (principal.kind != "share" or "download" in principal.scope)
+    ) or bool(principal.roles & {"staff", "helpdesk", "admin"}),
+    # sharing (core/sharing): patients share their own exams; a recipient re-shares if allowed
+    "sharing.create": lambda principal, resource: principal.kind == "account" or (
+        principal.kind == "share" and "reshare" in principal.scope),
+    # a doctor's guest account (core/sharing/invites.py): its list of shares, nothing else
+    "sharing.guest": lambda principal, resource: principal.kind == "guest",
     "studies.store": lambda principal, resource: bool(principal.roles & {"staff", "admin", "pacs"}),
     # the demo site's outbox of stored emails and SMS (core/outbox.py)
     "outbox.view": lambda principal, resource: "admin" in principal.roles,
@@ -63,6 +72,7 @@ def can(pm, principal: Principal, action: str, resource: Any = None) -> bool:
     return bool(core_rule and core_rule(principal, resource)) or any(vote is True for vote in votes)
 
 
+SHARE_COOKIE = "__Host-filmless_share"  # a share's recipient session (core/sharing)
 CSRF_COOKIE = "__Host-filmless_csrf"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -78,6 +88,7 @@ def current_principal(request: Request) -> Principal:
 
 def _principal_from_cookie(request: Request) -> Principal:
     from core.identity import sessions
+    from core.sharing import service as sharing
 
     authorization = request.headers.get("authorization", "")
     if authorization:  # an API caller: only the PACS has a token; a wrong one is nobody
@@ -86,12 +97,15 @@ def _principal_from_cookie(request: Request) -> Principal:
         if expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode()):
             return PACS
         return ANONYMOUS
-    token = request.cookies.get(sessions.COOKIE)
-    if not token:
+    token, shared = request.cookies.get(sessions.COOKIE), request.cookies.get(SHARE_COOKIE)
+    if not token and not shared:
         return ANONYMOUS
     runtime = request.app.state.runtime
     with runtime.sessions() as session:
-        principal = sessions.principal_for(session, sessions.find(session, token=token, site=runtime.site))
+        # an opened share wins while it lasts: its recipient sees exactly what was shared
+        principal = sharing.principal_for(session, shared) if shared else None
+        if principal is None:
+            principal = sessions.principal_for(session, sessions.find(session, token=token, site=runtime.site))
         session.commit()
     return principal
 

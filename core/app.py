@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import access, db, outbox, plugins, tasks, web
 from core.identity.routes import routers as identity_routers
+from core.sharing import pseudonyms
 from core.site import Site
 from core.studies import routers as study_routers
 from core.studies.blobs import BlobStore, make_store
@@ -66,11 +67,21 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title=site.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runtime = runtime
     web.install(app, runtime)
+    pseudonyms.install(app)  # shares that hide patient details see replacement UIDs only
     for router in identity_routers:
         app.include_router(router)
     app.include_router(outbox.router)
+    from core.sharing import invite_routes  # before the share pages, so /shared/guest is never a share's page
+
+    app.include_router(invite_routes.router)
     for router in study_routers():
         app.include_router(router)
+    from core.sharing import routes as sharing_routes
+
+    app.include_router(sharing_routes.router)
+    from core.audit import routes as audit_routes
+
+    app.include_router(audit_routes.router)
     _refuse_undeclared("the core", app.routes)
     for impl in reversed(runtime.pm.hook.routers.get_hookimpls()):
         for router in impl.function() or []:

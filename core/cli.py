@@ -214,7 +214,9 @@ def serve(args) -> int:
 def worker(args) -> int:
     runtime = _runtime(args)
     try:
-        consumer = runtime.huey.create_consumer(workers=args.workers, worker_type="thread")
+        # an idle worker looks at the queue at least every 2 s: a patient waiting on a
+        # download's progress page should not wait huey's default 10 s for it to start
+        consumer = runtime.huey.create_consumer(workers=args.workers, worker_type="thread", max_delay=2.0)
         print(f"{runtime.site.name}: worker consuming {len(runtime.tasks)} tasks", flush=True)
         consumer.run()
     finally:

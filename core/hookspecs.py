@@ -232,6 +232,54 @@ def registration_check(patient, birth_date, email):
     """
 
 
+@hookspec
+def export_formats(runtime):
+    """Contribute ways to export studies: a list of ``core.ExportFormat``.
+
+    Called once per runtime. The core offers ``zip``, ``iso`` and ``jpg``; plugins'
+    formats come after them. Each format gets a button on the exam pages and
+    runs as a background job with progress; ``build(job)`` writes ``job.target``
+    from ``job.entries`` (each with ``file_id``, ``instance``, ``series``,
+    ``study``), and the job's helpers give the DICOMDIR, the README and each DICOM
+    file with a zeroed preamble. To refuse an export, vote ``False`` on the
+    action ``studies.export`` in ``access_vote`` (the resource has ``format`` and
+    ``studies``).
+
+    Example (a disc robot that takes the same files as the ISO)::
+
+        from core import ExportFormat
+
+        def send_to_robot(job):
+            for entry in job.entries:
+                robot.add(job.file_id(entry), job.dicom_path(entry))
+                job.advance()
+            job.target.write_text("sent to the robot")
+
+        @hookimpl
+        def export_formats(runtime):
+            return [ExportFormat(name="robot", label="Burn a CD at the front desk", suffix=".txt",
+                                 media_type="text/plain", build=send_to_robot)]
+    """
+
+
+@hookspec
+def share_options(runtime):
+    """Contribute yes/no options to the share form: a list of ``core.ShareOption``.
+
+    The patient's answers are stored on the share; an option that is on appears in
+    the recipient's principal scope as ``option:<name>``, so an ``access_vote``
+    can act on it.
+
+    Example::
+
+        from core import ShareOption
+
+        @hookimpl
+        def share_options(runtime):
+            return [ShareOption(name="second_opinion", label=N_("This is for a second opinion"))]
+    """
+
+
 # -- decide ------------------------------------------------------------------
 
 @hookspec
@@ -310,6 +358,32 @@ def study_ingested(study, patient, instance, new_study):
         def study_ingested(study, patient, new_study):
             if new_study:
                 issue_visit_code(study)
+    """
+
+
+@hookspec
+def share_created(share):
+    """Be told that a share was made (``core.sharing.models.Share``), before its transaction
+    commits: use it to note or notify, never to refuse (vote with ``access_vote`` instead).
+
+    Example::
+
+        @hookimpl
+        def share_created(share):
+            if share.recipient_email:
+                log.info("share %s sent to %s", share.id, share.recipient_email)
+    """
+
+
+@hookspec
+def share_opened(share):
+    """Be told that a recipient opened a share (after its password, if any, was right).
+
+    Example::
+
+        @hookimpl
+        def share_opened(share):
+            metrics.increment("shares.opened")
     """
 
 

@@ -61,6 +61,11 @@ def ngettext(singular: str, plural: str, n: int, **variables) -> str:
     return text % {"num": n, **variables}
 
 
+def N_(message: str) -> str:
+    """Mark a message to be extracted now and translated where it is shown (``_(label)``)."""
+    return message
+
+
 _ = gettext
 
 

@@ -72,10 +72,10 @@ def send_email(session: Session, *, to: str, template: str, language: str, **con
     does not offer falls back to the site's default language."""
     runtime = _runtime(session)
     language = _offered(runtime, language)
-    subject = " ".join(_render(runtime, f"notify/{template}.subject.txt", language, context).split())
+    subject = " ".join(render_in(runtime, f"notify/{template}.subject.txt", language, context).split())
     context = {**context, "subject": subject}
-    text = _render(runtime, f"notify/{template}.txt", language, context).strip() + "\n"
-    html = _render(runtime, f"notify/{template}.html", language, context, html=True, optional=True)
+    text = render_in(runtime, f"notify/{template}.txt", language, context).strip() + "\n"
+    html = render_in(runtime, f"notify/{template}.html", language, context, html=True, optional=True)
     return _store(session, channel="email", to=to, subject=subject[:300], text=text, html=html, language=language)
 
 
@@ -84,7 +84,7 @@ def send_sms(session: Session, *, to: str, template: str, language: str, **conte
     delivered, like an email, once the caller's transaction commits."""
     runtime = _runtime(session)
     language = _offered(runtime, language)
-    text = _render(runtime, f"notify/{template}.sms.txt", language, context).strip()
+    text = render_in(runtime, f"notify/{template}.sms.txt", language, context).strip()
     return _store(session, channel="sms", to=to, subject="", text=text, html=None, language=language)
 
 
@@ -112,8 +112,10 @@ def _environments(runtime) -> tuple[jinja2.Environment, jinja2.Environment]:
     return environments
 
 
-def _render(runtime, name: str, language: str, context: dict, *, html: bool = False,
-            optional: bool = False) -> str | None:
+def render_in(runtime, name: str, language: str, context: dict, *, html: bool = False,
+              optional: bool = False) -> str | None:
+    """Template ``name`` rendered in ``language`` outside any page (messages, files written by
+    the worker), with ``site`` and ``language`` added to ``context``."""
     markup, plain = _environments(runtime)
     try:
         template = (markup if html else plain).get_template(name)

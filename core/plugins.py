@@ -68,6 +68,36 @@ class ReleaseHold:
     law: str = ""
 
 
+@dataclass(frozen=True)
+class ExportFormat:
+    """A way to export studies, returned by the ``export_formats`` hook.
+
+    ``build(job)`` runs in the worker: it writes ``job.target`` (the file offered
+    for download, named ``<export><suffix>``) from ``job.entries`` and calls
+    ``job.advance()`` per file, or raises ``job.failure(message)`` to fail with a
+    message for the person who asked. ``dicom`` formats ask that person to
+    acknowledge first that the files hold their health information."""
+
+    name: str  # [a-z0-9_]+, in addresses and the database
+    label: str  # the button's text, a message id translated when shown
+    suffix: str  # ".zip", ".iso"
+    media_type: str
+    build: Callable[..., None]
+    dicom: bool = True
+
+
+@dataclass(frozen=True)
+class ShareOption:
+    """An extra yes/no option on the share form, returned by the ``share_options`` hook.
+
+    The patient's choice is kept on the share (``share.options[name]``) and, when on,
+    is in the recipient principal's scope as ``option:<name>`` for ``access_vote``."""
+
+    name: str  # [a-z0-9_]+
+    label: str  # a message id, translated when shown
+    default: bool = False
+
+
 class PluginError(Exception):
     """A plugin could not be used; the message names it and says why."""
 

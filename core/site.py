@@ -136,6 +136,37 @@ class Studies(Strict):
     issuers: dict[str, str] = Field(default_factory=dict)  # Institution Name -> issuer of its patient IDs
 
 
+class Exports(Strict):
+    path: Path | None = None  # where finished exports wait; default: "exports" beside the blob store's scratch
+    available_hours: int = Field(24, ge=1, le=24 * 30)  # then the file is purged
+    zip_level: int = Field(0, ge=0, le=9)  # deflate level of ZIP downloads; 0 stores (see docs/performance.md)
+    volume_label: str = Field("", pattern=r"^[A-Z0-9_]{0,32}$")  # of disc images; default from the site name
+    disc_viewer: Path | None = None  # a folder of the site's own files put on every disc as VIEWER/
+    acknowledgement: dict[str, str] = Field(default_factory=dict)  # language -> text shown before a DICOM download
+    alert_to: list[str] = Field(default_factory=list)  # who hears of a failed export; default: admin accounts
+
+
+class Deidentify(Strict):
+    """What a share with "hide patient details" keeps: the options of the DICOM PS3.15 Annex E Basic
+    Profile (core/sharing/deidentify.py); everything else identifying is removed or replaced."""
+
+    retain_dates: bool = False  # Retain Longitudinal Temporal Information with Full Dates
+    retain_device: bool = False  # Retain Device Identity (serial numbers, station names)
+    retain_institution: bool = False  # Retain Institution Identity (where the exam was done)
+    retain_patient_characteristics: bool = False  # Retain Patient Characteristics (sex, age, size, weight)
+    clean_descriptions: bool = False  # Clean Descriptors: keep descriptions, the patient's identifiers cut out
+    uid_secret: str | None = Field(None, min_length=16)  # key of the replacement UIDs; give it as ${ENV}
+
+
+class Sharing(Strict):
+    max_days: int | None = Field(None, ge=1, le=3650)  # the longest a share may last; None: no cap
+    default_days: int = Field(30, ge=1, le=3650)  # the expiry the share form suggests
+    session_hours: int = Field(4, ge=1, le=72)  # how long an opened share stays open in that browser
+    guest_accounts: bool = False  # a share by email also opens a guest account for the recipient
+    quick_code_hours: int = Field(24, ge=1, le=24 * 7)  # the life of a Quick Share code
+    deidentify: Deidentify = Field(default_factory=Deidentify)  # what "hide patient details" keeps
+
+
 class Sessions(Strict):
     idle_minutes: int = Field(30, ge=1)
     absolute_hours: int = Field(12, ge=1)
@@ -151,6 +182,8 @@ class SiteConfig(Strict):
     sessions: Sessions = Field(default_factory=Sessions)
     identity: Identity = Field(default_factory=Identity)
     studies: Studies = Field(default_factory=Studies)
+    exports: Exports = Field(default_factory=Exports)
+    sharing: Sharing = Field(default_factory=Sharing)
     demo: bool = False  # demo accounts' passwords work and /outbox is shown to admins only when true
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
 

@@ -16,10 +16,11 @@ def make_huey(site) -> Huey:
 def register_core_tasks(runtime) -> list:
     """The core's own tasks; plugins add theirs through the ``tasks`` hook."""
     from core import notify
+    from core.studies.exports import service as exports
 
     @runtime.huey.task(name="core.ping")
     def ping() -> str:
         """Answer "pong": proves a worker is consuming this site's queue."""
         return "pong"
 
-    return [ping, *notify.register_tasks(runtime)]
+    return [ping, *notify.register_tasks(runtime), *exports.register_tasks(runtime)]

@@ -65,9 +65,11 @@ def core_navigation(principal) -> list[NavEntry]:
     """The core's own menu entries; plugins add theirs through the ``navigation`` hook."""
     if principal.kind != "account":
         return []
-    entries = [NavEntry(i18n.gettext("My account"), "/account", order=90)]
+    entries = [NavEntry(i18n.gettext("My account"), "/account", order=90),
+               NavEntry(i18n.gettext("My activity"), "/activity", order=80)]
     if principal.scope:  # linked to at least one patient
         entries.append(NavEntry(i18n.gettext("My exams"), "/exams", order=5))
+        entries.append(NavEntry(i18n.gettext("Shared exams"), "/shares", order=7))
     if len(principal.scope) > 1:  # the patient picker matters only to people acting for several
         entries.append(NavEntry(i18n.gettext("My patients"), "/patients", order=10))
     if principal.roles & {"staff", "helpdesk", "admin"}:
@@ -163,7 +165,11 @@ def _wants_json(request: Request) -> bool:
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if _wants_json(request):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-    return render(request, "error.html", status_code=exc.status_code, status=exc.status_code, detail=exc.detail)
+    # a signed-out reader (e.g. following an emailed link) is offered to sign in and come back
+    signed_out = exc.status_code == 403 and getattr(request.state, "principal", None) in (None, access.ANONYMOUS)
+    back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return render(request, "error.html", status_code=exc.status_code, status=exc.status_code, detail=exc.detail,
+                  sign_in_next=safe_next(back) if signed_out and request.method == "GET" else "")
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, UTCDateTime
 
-ROLES = ("user", "staff", "helpdesk", "admin")  # "user": a patient and/or proxy portal user
+ROLES = ("user", "staff", "helpdesk", "admin", "guest")  # "user": a patient and/or proxy portal user;
+# "guest": a doctor who was sent shares by email (core/sharing/invites.py)
 RELATIONSHIPS = ("self", "guardian", "carer", "family")
 PERMISSIONS = ("view_images", "view_reports", "share", "download", "payments")
 

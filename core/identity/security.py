@@ -191,7 +191,8 @@ def record_failure(session: Session, keys: list[str]) -> None:
         row.failures += 1
         row.last_failure_at = now
         extra = row.failures - FREE_FAILURES
-        row.blocked_until = now + min(timedelta(seconds=2 ** extra), MAX_DELAY) if extra > 0 else None
+        # 2 ** 20 s is past MAX_DELAY already; a larger power would overflow timedelta after ~50 failures
+        row.blocked_until = now + min(timedelta(seconds=2 ** min(extra, 20)), MAX_DELAY) if extra > 0 else None
     session.flush()
 
 

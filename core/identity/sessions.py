@@ -60,6 +60,8 @@ def principal_for(session: Session, web_session: WebSession | None) -> Principal
     account = session.get(Account, web_session.account_id)
     if web_session.stage != "signed_in":
         return Principal(kind="second_factor", id=str(account.id))
+    if account.role == "guest":  # reaches only its list of shares (core/sharing/invites.py), no other rule
+        return Principal(kind="guest", id=str(account.id), roles=frozenset({"guest"}))
     patients = session.scalars(select(PatientLink.patient_ref).where(PatientLink.account_id == account.id)).all()
     return Principal(kind="account", id=str(account.id), roles=frozenset({account.role}),
                      scope=frozenset(str(p) for p in patients))

@@ -5,6 +5,8 @@ import core.audit.models  # noqa: F401  (the core's tables, for autogenerate)
 import core.identity.models  # noqa: F401
 import core.notify  # noqa: F401
 import core.studies.models  # noqa: F401
+import core.studies.exports.models  # noqa: F401
+import core.sharing.models  # noqa: F401
 from core.db import Base
 
 connection = context.config.attributes["connection"]

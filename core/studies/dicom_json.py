@@ -173,8 +173,3 @@ def metadata(instance: Instance, series: Series, study: Study, base: str) -> dic
 def hides_patient(principal: Principal) -> bool:
     """A share opened with "hide patient details" shows images without who they belong to."""
     return principal.kind == "share" and "hide_details" in principal.scope
-
-
-def without_patient(dataset: dict) -> dict:
-    """The dataset without the Patient module's group (0010,xxxx)."""
-    return {tag: value for tag, value in dataset.items() if not tag.startswith("0010")}

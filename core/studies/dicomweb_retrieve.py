@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from core import access
 from core.db import DbSession
 from core.i18n import gettext as _
+from core.sharing import pseudonyms
 from core.studies import dicom_json, frames, queries, render
 from core.studies.dicomweb import READ, audit_access, base_of, json_response, require_json, visible_study
 from core.studies.dicomweb_media import EXPLICIT_LE, Multipart, accepts, parse_accept
@@ -61,6 +62,8 @@ def _retrieve(request: Request, session: Session, study_uid: str, series_uid=Non
     principal = access.current_principal(request)
     study = visible_study(session, principal, study_uid)
     rows = _rows(session, principal, study, series_uid, sop_uid)
+    if principal.kind == "share" and not access.can(request.app.state.runtime.pm, principal, "studies.export"):
+        raise HTTPException(status_code=403)  # whole DICOM files are a download; the viewer needs only frames
     choices = parse_accept(request.headers.get("accept"), "application/dicom")
     plan = []  # (instance, transfer syntax sent, re-encode?)
     for instance, _series in rows:
@@ -80,15 +83,21 @@ def _retrieve(request: Request, session: Session, study_uid: str, series_uid=Non
     runtime = request.app.state.runtime
     audit_access(session, runtime, principal, "dicomweb.retrieve", [study.id],
                  detail={"series_uid": series_uid, "sop_uid": sop_uid, "instances": len(plan) or 1})
+    deidentifier = pseudonyms.for_principal(session, principal)  # a share that hides patient details
     if single is not None:
-        return StreamingResponse(_file_bytes(runtime, single),
+        return StreamingResponse(_file_bytes(runtime, single, deidentifier),
                                  media_type=f"application/dicom; transfer-syntax={single.transfer_syntax}")
     writer = Multipart("application/dicom")
-    return StreamingResponse(_parts(runtime, plan, writer), media_type=writer.content_type)
+    return StreamingResponse(_parts(runtime, plan, writer, deidentifier), media_type=writer.content_type)
 
 
-def _file_bytes(runtime, instance: Instance):
-    """The stored file in chunks, its preamble zeroed (a preamble can hide another file format)."""
+def _file_bytes(runtime, instance: Instance, deidentifier=None):
+    """The stored file in chunks, its preamble zeroed (a preamble can hide another file format);
+    de-identified whole for a share that hides patient details."""
+    if deidentifier is not None:
+        with runtime.blobs.open(instance.blob_key) as handle:
+            yield deidentifier.file(handle.read())
+        return
     with runtime.blobs.open(instance.blob_key) as handle:
         first = handle.read(CHUNK)
         yield b"\0" * PREAMBLE + first[PREAMBLE:] if len(first) > PREAMBLE else first
@@ -96,15 +105,17 @@ def _file_bytes(runtime, instance: Instance):
             yield chunk
 
 
-def _parts(runtime, plan, writer: Multipart):
+def _parts(runtime, plan, writer: Multipart, deidentifier=None):
     for instance, syntax, reencode in plan:
         try:
             data = [frames.explicit_little_endian(runtime, instance)] if reencode else None
         except render.CannotRender:
             log.warning("instance %s could not be re-encoded; left out of the answer", instance.sop_uid)
             continue
+        if data and deidentifier is not None:
+            data = [deidentifier.file(data[0])]
         yield writer.head(f"application/dicom; transfer-syntax={syntax}")
-        yield from data or _file_bytes(runtime, instance)
+        yield from data or _file_bytes(runtime, instance, deidentifier)
     yield writer.end()
 
 
@@ -132,8 +143,9 @@ def _metadata(request: Request, session: Session, study_uid: str, series_uid=Non
     base = base_of(request)
     payload = [dicom_json.metadata(instance, series, study, base)
                for instance, series in _rows(session, principal, study, series_uid, sop_uid)]
-    if dicom_json.hides_patient(principal):
-        payload = [dicom_json.without_patient(dataset) for dataset in payload]
+    deidentifier = pseudonyms.for_principal(session, principal)
+    if deidentifier is not None:  # a share that hides patient details: the full profile (core.sharing.deidentify)
+        payload = [deidentifier.json(dataset) for dataset in payload]
     audit_access(session, request.app.state.runtime, principal, "dicomweb.metadata", [study.id],
                  detail={"series_uid": series_uid, "sop_uid": sop_uid})
     return json_response(payload)
@@ -240,6 +252,9 @@ def retrieve_bulk(request: Request, session: DbSession, study_uid: str, series_u
     else:
         if len(tag) != 8 or any(c not in "0123456789ABCDEF" for c in tag):
             raise HTTPException(status_code=404)
+        deidentifier = pseudonyms.for_principal(session, access.current_principal(request))
+        if deidentifier is not None and not deidentifier.keeps_bulk(instance.header, tag):
+            raise HTTPException(status_code=404)  # a value the share's de-identification removes
         if not accepts(parse_accept(request.headers.get("accept"), "application/octet-stream"),
                        "application/octet-stream"):
             raise HTTPException(status_code=406, detail=_("Bulk data is sent as application/octet-stream."))

@@ -22,6 +22,7 @@ from core.access import Principal
 from core.i18n import gettext as _
 from core.identity import account as accounts
 from core.identity.models import Account, WebSession
+from core.sharing import pseudonyms
 from core.studies import queries
 from core.studies.models import Instance, Patient, Report, Series, Study
 
@@ -267,13 +268,17 @@ def exam_list(session: Session, principal: Principal, patient_ref: int, filters:
     """The patient's visible exams, newest first, filtered; two or three queries whatever their number."""
     visible = queries.studies(session, principal, patient_ref=patient_ref)
     query = visible
-    if filters.date_from:
+    deidentifier = pseudonyms.for_principal(session, principal)  # a share that hides patient details
+    dated = deidentifier is None or deidentifier.keeps("retain_dates")  # else a filter would tell the dates
+    if filters.date_from and dated:
         query = query.where(Study.study_date >= filters.date_from)
-    if filters.date_to:
+    if filters.date_to and dated:
         query = query.where(Study.study_date <= filters.date_to)
     if filters.kind:
         query = query.where(_has_code(MODALITY_KINDS[filters.kind]))
     studies = [ListedStudy._make(row) for row in session.execute(query.with_only_columns(*LIST_COLUMNS))]
+    if deidentifier is not None:
+        studies = [deidentifier.listed(study) for study in studies]
     # the filter offers the kinds of all the patient's exams: the list itself holds them when unfiltered
     present = {study.modalities for study in studies} if not filters.active else set(session.scalars(
         visible.with_only_columns(Study.modalities).order_by(None).distinct()))
@@ -325,6 +330,8 @@ def study_header(session: Session, principal: Principal, study_uid: str) -> Stud
     from core.studies.dicom_json import hides_patient  # a share may hide whose exam it is
 
     hidden = hides_patient(principal)
+    if hidden:  # what the exam pages show of it, de-identified (core.sharing.deidentify)
+        study = pseudonyms.for_principal(session, principal).study(study)
     return StudyHeader(study=study, patient=None if hidden else session.get(Patient, study.patient_ref),
                        kinds=exam_kinds(study.modalities), body_part=body_part_label(study.body_part),
                        images=images_status(principal, study, clock.now()), report=report)
@@ -347,13 +354,16 @@ def image_counts(session: Session, principal: Principal, study: Study) -> Counts
 
 def earlier_same_body_part(session: Session, principal: Principal, study: Study, limit: int = 10) -> list[Study]:
     """The patient's earlier exams of this body part, newest first (the priors a doctor compares with)."""
+    study = getattr(study, "original", study)  # the study itself, not a share's de-identified view of it
     if not study.body_part:
         return []
     query = (queries.studies(session, principal, patient_ref=study.patient_ref)
              .where(Study.id != study.id, func.upper(Study.body_part) == study.body_part.upper()))
     if study.study_date:
         query = query.where(Study.study_date < study.study_date)
-    return list(session.scalars(query.limit(limit)))
+    earlier = list(session.scalars(query.limit(limit)))
+    deidentifier = pseudonyms.for_principal(session, principal)
+    return [deidentifier.study(prior) for prior in earlier] if deidentifier is not None else earlier
 
 
 @dataclass
@@ -373,9 +383,14 @@ def series_images(session: Session, principal: Principal, study: Study) -> list[
     found: dict[int, SeriesImages] = {}
     for instance, series in session.execute(queries.instances(session, principal, study)
                                             .where(Instance.rows.is_not(None))):
-        entry = found.setdefault(series.id, SeriesImages(series, []))
+        entry = found.setdefault(series.id, SeriesImages(_shown_series(session, principal, series), []))
         entry.images.append(ImageEntry(instance, len(entry.images) + 1))
     return list(found.values())
+
+
+def _shown_series(session: Session, principal: Principal, series: Series):
+    deidentifier = pseudonyms.for_principal(session, principal)
+    return deidentifier.series(series) if deidentifier is not None else series
 
 
 def image(session: Session, principal: Principal, study: Study, sop_uid: str) -> Instance:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.access import Principal
 from core.i18n import gettext as _
+from core.sharing import pseudonyms
 from core.studies import dicom_json, queries
 from core.studies.models import Instance, Patient, Series, Study
 
@@ -189,13 +190,26 @@ def _page(session: Session, query, search: Search) -> tuple[list, bool]:
     return rows[:search.limit], len(rows) > search.limit
 
 
-def _hide(principal: Principal, results: list[dict]) -> list[dict]:
-    return [dicom_json.without_patient(r) for r in results] if dicom_json.hides_patient(principal) else results
+def _hide(session: Session, principal: Principal, results: list[dict]) -> list[dict]:
+    """Results as a share that hides patient details gets them: de-identified (core.sharing.deidentify)."""
+    deidentifier = pseudonyms.for_principal(session, principal)
+    return [deidentifier.json(result) for result in results] if deidentifier is not None else results
+
+
+def _matching(session: Session, principal: Principal, search: Search) -> dict[str, list[str]]:
+    """The match keys a principal may use: a share that hides patient details may not match on
+    what it cannot see (a match would tell the value); those are answered as unsupported."""
+    deidentifier = pseudonyms.for_principal(session, principal)
+    if deidentifier is None:
+        return search.match
+    refused = [keyword for keyword in search.match if not deidentifier.matchable(keyword)]
+    search.unsupported.extend(refused)
+    return {keyword: values for keyword, values in search.match.items() if keyword not in refused}
 
 
 def studies(session: Session, principal: Principal, search: Search, base: str) -> Found:
     query = (queries.studies(session, principal).add_columns(Patient)
-             .join(Patient, Patient.id == Study.patient_ref).where(*_clauses(search.match)))
+             .join(Patient, Patient.id == Study.patient_ref).where(*_clauses(_matching(session, principal, search))))
     rows, more = _page(session, query, search)
     if queries.sees_everything(principal):  # the stored counts are theirs
         results = [dicom_json.study_attributes(study, patient, base) for study, patient in rows]
@@ -206,7 +220,7 @@ def studies(session: Session, principal: Principal, search: Search, base: str) -
             seen = counts.get(study.id, (0, 0, ""))
             results.append(dicom_json.study_attributes(study, patient, base, series_count=seen[0],
                                                        instance_count=seen[1], modalities=seen[2]))
-    return Found(_hide(principal, results), more, [study.id for study, _patient in rows], search.unsupported)
+    return Found(_hide(session, principal, results), more, [study.id for study, _patient in rows], search.unsupported)
 
 
 def _visible_counts(session: Session, principal: Principal, study_ids: list[int]) -> dict[int, tuple]:
@@ -236,7 +250,7 @@ def series(session: Session, principal: Principal, search: Search, base: str, st
     else:
         query = (queries.visible_instances(session, principal)
                  .with_only_columns(Series, Study, Patient, func.count(Instance.id)))
-    query = (query.join(Patient, Patient.id == Study.patient_ref).where(*_clauses(search.match))
+    query = (query.join(Patient, Patient.id == Study.patient_ref).where(*_clauses(_matching(session, principal, search)))
              .group_by(Series.id, Study.id, Patient.id).order_by(None)
              .order_by(Study.study_date.desc().nulls_last(), Study.id.desc(), Series.series_number.nulls_last(),
                        Series.id))
@@ -247,7 +261,7 @@ def series(session: Session, principal: Principal, search: Search, base: str, st
         if study is None:  # searched across studies: say which study each series belongs to
             attributes = {**dicom_json.study_attributes(owner, patient, base), **attributes}
         results.append(dict(sorted(attributes.items())))
-    return Found(_hide(principal, results), more, sorted({owner.id for _s, owner, _p, _c in rows}),
+    return Found(_hide(session, principal, results), more, sorted({owner.id for _s, owner, _p, _c in rows}),
                  search.unsupported)
 
 
@@ -263,7 +277,7 @@ def instances(session: Session, principal: Principal, search: Search, base: str,
                  .order_by(Study.study_date.desc().nulls_last(), Study.id.desc(),
                            Series.series_number.nulls_last(), Series.id, Instance.instance_number.nulls_last(),
                            Instance.id))
-    rows, more = _page(session, query.where(*_clauses(search.match)), search)
+    rows, more = _page(session, query.where(*_clauses(_matching(session, principal, search))), search)
     results = []
     for instance, one, owner, patient in rows:
         attributes = dicom_json.instance_attributes(instance, one, owner, base, search.include, search.include_all)
@@ -275,6 +289,6 @@ def instances(session: Session, principal: Principal, search: Search, base: str,
             for count in ("00201206", "00201208"):
                 attributes.pop(count, None)
         results.append(dict(sorted(attributes.items())))
-    return Found(_hide(principal, results), more, sorted({owner.id for _i, _s, owner, _p in rows}),
+    return Found(_hide(session, principal, results), more, sorted({owner.id for _i, _s, owner, _p in rows}),
                  search.unsupported)
 

@@ -45,8 +45,12 @@ def _ids(principal: Principal, prefix: str = "") -> set[int]:
 
 
 def patient_refs(session: Session, principal: Principal) -> set[int]:
-    """The patient records an account may see: its linked ones and their other practices' records."""
-    linked = _ids(principal) if principal.kind == "account" else set()
+    """The patient records an account may see (its linked ones), or a whole-portfolio share's
+    patient, with their other practices' records."""
+    if principal.kind == "account":
+        linked = _ids(principal)
+    else:
+        linked = _ids(principal, "patient:") if principal.kind == "share" else set()
     if not linked:
         return set()
     person = func.coalesce(Patient.person_ref, Patient.id)
@@ -123,7 +127,16 @@ def instances(session: Session, principal: Principal, study: Study, *, series_ui
         held = select(Report.source_uid).where(Report.study_ref == study.id, Report.release_at > now,
                                                Report.source_uid.is_not(None))
         query = query.where(not_(Instance.sop_uid.in_(held)))
-    return query
+    return _without_uncleanable(principal, query)
+
+
+def _without_uncleanable(principal: Principal, query: Select) -> Select:
+    """A share that hides patient details never sees what cannot be de-identified (text burned
+    into pixels, documents): see core.sharing.deidentify."""
+    from core.sharing import deidentify
+    from core.studies.dicom_json import hides_patient
+
+    return query.where(deidentify.cleanable()) if hides_patient(principal) else query
 
 
 def series(session: Session, principal: Principal, study: Study) -> list[Series]:
@@ -178,4 +191,4 @@ def visible_instances(session: Session, principal: Principal) -> Select:
         held = select(Report.source_uid).where(Report.release_at > now, Report.source_uid.is_not(None))
         query = query.where(or_(Study.images_release_at.is_(None), Study.images_release_at <= now),
                             not_(Instance.sop_uid.in_(held)))
-    return query
+    return _without_uncleanable(principal, query)

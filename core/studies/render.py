@@ -104,6 +104,14 @@ def rendered(runtime, instance: Instance, frame: int = 1, *, window: tuple[float
     return render_frame(runtime, instance, frame, window=window, size=size, fmt=fmt, quality=quality)
 
 
+def full_picture(runtime, instance: Instance, frame: int = 1, *, window: tuple[float, float] | None = None,
+                 quality: int = 92) -> bytes:
+    """Frame ``frame`` as a JPEG at full resolution, not kept in the cache (exports make
+    many pictures that are each asked for once). Raises ``CannotRender``."""
+    pixels, dataset = decode(runtime, instance, frame)
+    return encode(to_picture(pixels, dataset, window, "linear"), "jpeg", quality)
+
+
 def render_frame(runtime, instance: Instance, frame: int = 1, *, window: tuple[float, float] | None = None,
                  function: str = "linear", size: tuple[int, int] | None = None, fmt: str = "jpeg",
                  quality: int = 90) -> bytes:

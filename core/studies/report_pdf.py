@@ -209,7 +209,7 @@ def report_document(*, site_name: str, report, study, patient, page_size=LETTER)
              (_("Exam"), exam), (_("Exam date"), study_day(study.study_date, "long")),
              (_("Accession number"), study.accession_number or ""),
              (_("Signed by"), person_name(report.author)),
-             (_("Signed on"), format_datetime(report.signed_at, "short"))]
+             (_("Signed on"), format_datetime(report.signed_at, "short") if report.signed_at else "")]
     head += [Line(f"{label}: {value}", size=10, leading=13.5) for label, value in facts if value]
     head[-1].rule_after = True
     head.append(Line("", leading=6))

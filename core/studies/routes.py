@@ -17,7 +17,10 @@ from core.db import DbSession
 from core.identity import account as accounts
 from core.identity import sessions
 from core.identity.models import Account
+from core.sharing import pseudonyms
 from core.studies import pages, queries, report_pdf
+from core.studies.exports import routes as export_routes
+from core.studies.exports import service as exports
 from core.web import render
 
 router = APIRouter()
@@ -61,7 +64,12 @@ def _study(session, principal, study_uid: str) -> pages.StudyHeader:
 def _common(request: Request) -> dict:
     """Helpers and facts every exam template uses."""
     principal = _principal(request)
-    return {"kind_labels": pages.kind_labels(), "kind_of": pages.KIND_OF, "study_day": pages.study_day,
+    export_formats = exports.formats(request.app.state.runtime)
+    return {"export_formats": list(export_formats.values()),
+            "export_label": lambda export: getattr(export_formats.get(export.format), "label", export.format),
+            "export_status": export_routes.status_of,
+            "can_export": access.can(request.app.state.runtime.pm, principal, "studies.export"),
+            "kind_labels": pages.kind_labels(), "kind_of": pages.KIND_OF, "study_day": pages.study_day,
             "person_name": pages.person_name, "patient_name": pages.patient_name,
             "staff": queries.sees_everything(principal),
             "has_patients": principal.kind == "account" and bool(principal.scope)}
@@ -81,7 +89,8 @@ def my_exams(request: Request, session: DbSession, date_from: str = "", date_to:
         audit.record(session, actor=_actor(principal), action="studies.listed", subject=f"patient:{choice.active.id}",
                      detail={"count": exams.count, "filtered": filters.active})
         session.commit()
-    return _page(request, "studies/exams.html", choice=choice, filters=filters, exams=exams, **_common(request))
+    return _page(request, "studies/exams.html", choice=choice, filters=filters, exams=exams,
+                 exports=exports.recent(session, principal), **_common(request))
 
 
 @router.post("/exams/patient", dependencies=[access.rule("account.self")])
@@ -118,6 +127,7 @@ def report_tab(request: Request, session: DbSession, study_uid: str):
     principal = _principal(request)
     header = _study(session, principal, study_uid)
     view = queries.reports(session, principal, header.study)
+    view.readable = [_shown_report(session, principal, report) for report in view.readable]
     if view.readable:
         audit.record(session, actor=_actor(principal), action="report.viewed", subject=f"study:{header.study.id}",
                      detail={"reports": [report.id for report in view.readable]})
@@ -138,7 +148,7 @@ def images_tab(request: Request, session: DbSession, study_uid: str):
                  detail={"tab": "images"})
     session.commit()
     return _page(request, "studies/study_images.html", tab="images", header=header, study=header.study,
-                 series=series, **_common(request))
+                 series=series, withheld=pseudonyms.withheld(session, principal, header.study), **_common(request))
 
 
 # -- a report as PDF or as a printable page ----------------------------------------------------------
@@ -146,15 +156,24 @@ def images_tab(request: Request, session: DbSession, study_uid: str):
 def _report(session, principal, study_uid: str, report_id: int):
     header = _study(session, principal, study_uid)
     try:
-        return header, queries.report(session, principal, header.study, report_id)
+        return header, _shown_report(session, principal, queries.report(session, principal, header.study, report_id))
     except queries.NotFound:
         raise HTTPException(status_code=404) from None
+
+
+def _shown_report(session, principal, report):
+    """A report as a share that hides patient details reads it: no author, its text cleaned, and
+    no PDF from the practice (which cannot be cleaned); anyone else reads it as it is."""
+    deidentifier = pseudonyms.for_principal(session, principal)
+    return deidentifier.report(report) if deidentifier is not None else report
 
 
 @router.get("/exams/{study_uid}/reports/{report_id:int}.pdf", dependencies=READ)
 def report_pdf_file(request: Request, session: DbSession, study_uid: str, report_id: int, download: str = ""):
     """A PDF report as the practice sent it; a text report as a PDF made here."""
     principal = _principal(request)
+    if _asked(download) and not access.can(request.app.state.runtime.pm, principal, "studies.export"):
+        raise HTTPException(status_code=403)  # e.g. a share without download: to view, not to keep
     header, report = _report(session, principal, study_uid, report_id)
     runtime = request.app.state.runtime
     if report.pdf_blob_key:
@@ -191,10 +210,12 @@ def report_print(request: Request, session: DbSession, study_uid: str, report_id
 
 @router.get("/exams/{study_uid}/images/{sop_uid}.jpg", dependencies=READ)
 def image_jpg(request: Request, session: DbSession, study_uid: str, sop_uid: str, frame: int = 1,
-              download: str = ""):
+              download: str = "", window: str = ""):
     from core.studies import render as rendering
 
     principal = _principal(request)
+    if _asked(download) and not access.can(request.app.state.runtime.pm, principal, "studies.export"):
+        raise HTTPException(status_code=403)  # e.g. a share without download: to view, not to keep
     header = _study(session, principal, study_uid)
     try:
         instance = pages.image(session, principal, header.study, sop_uid)
@@ -203,7 +224,10 @@ def image_jpg(request: Request, session: DbSession, study_uid: str, sop_uid: str
     if not 1 <= frame <= max(instance.frames or 1, 1):
         raise HTTPException(status_code=404)
     try:
-        content = rendering.rendered(request.app.state.runtime, instance, frame, fmt="jpeg", quality=92)
+        # full resolution, in the window the viewer showed (``centre,width``) if it sent one
+        chosen = export_routes.window_of(window)
+        content = rendering.rendered(request.app.state.runtime, instance, frame, fmt="jpeg", quality=92,
+                                     window=tuple(chosen) if chosen else None)
     except rendering.CannotRender as refusal:
         return _page(request, "studies/image_error.html", status_code=422, header=header, study=header.study,
                      reason=refusal.message, **_common(request))

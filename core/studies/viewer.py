@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import func
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from core import access
 from core.access import Principal
 from core.audit import service as audit
 from core.db import DbSession
+from core.sharing import pseudonyms
 from core.studies import queries
 from core.studies.dicom_json import hides_patient
 from core.studies.models import Instance, Patient, Series, Study
@@ -51,6 +52,7 @@ def viewer_content(session: Session, principal: Principal, study_uid: str,
     """The study, its visible image series and the one to open first; ``queries.NotFound`` if the
     study, any image of it, or the asked-for series is not visible to ``principal``."""
     study = queries.study(session, principal, study_uid)
+    deidentifier = pseudonyms.for_principal(session, principal)  # a share that hides patient details
     # frames per series in one query, over exactly the instances the principal may see;
     # instances without rows (reports, PDFs) are not images and stay out of the viewer
     counting = (queries.instances(session, principal, study)
@@ -58,7 +60,8 @@ def viewer_content(session: Session, principal: Principal, study_uid: str,
                 .where(Instance.rows.is_not(None)).group_by(Series.id).order_by(None))
     images = dict(session.execute(counting).all())
     series = [SeriesEntry(uid=one.series_uid, number=one.series_number, modality=one.modality,
-                          description=one.description, images=int(images[one.id]))
+                          description=deidentifier.series(one).description if deidentifier else one.description,
+                          images=int(images[one.id]))
               for one in queries.series(session, principal, study) if images.get(one.id)]
     if not series:  # no images yet (held, or a report only): nothing here to see
         raise queries.NotFound(study_uid)
@@ -67,6 +70,8 @@ def viewer_content(session: Session, principal: Principal, study_uid: str,
         selected = next((entry for entry in series if entry.uid == series_uid), None)
         if selected is None:
             raise queries.NotFound(series_uid)
+    if deidentifier is not None:
+        return ViewerContent(study=deidentifier.study(study), patient=None, series=series, selected=selected)
     return ViewerContent(study=study, patient=session.get(Patient, study.patient_ref), series=series,
                          selected=selected)
 
@@ -77,7 +82,7 @@ def viewer_page(request: Request, session: DbSession, study_uid: str, series: st
     try:
         content = viewer_content(session, principal, study_uid, series)
     except queries.NotFound:
-        raise HTTPException(status_code=404) from None
+        return pseudonyms.withheld_page(request, session, principal, study_uid)  # else a plain 404
     audit.record(session, actor=f"{principal.kind}:{principal.id}", action="study.viewed_images",
                  subject=f"study:{content.study.id}",
                  detail={"series_uid": content.selected.uid})
@@ -93,6 +98,8 @@ def viewer_page(request: Request, session: DbSession, study_uid: str, series: st
     }
     response = render(request, "studies/viewer.html", study=content.study,
                       patient=None if hide else content.patient, series=content.series,
-                      selected=content.selected, hide_patient_details=hide, viewer_config=config)
+                      selected=content.selected, hide_patient_details=hide, viewer_config=config,
+                      can_save=access.can(request.app.state.runtime.pm, principal, "studies.export"),
+                      withheld=pseudonyms.withheld(session, principal, content.study))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -46,7 +46,8 @@ def test_models_and_migrations_agree(runtime):
 def test_migrate_is_idempotent_and_keeps_data(tmp_path):
     engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     core_only = plugins.build_manager({})
-    assert db.upgrade(engine, core_only) == ["0001_audit_trail", "0002_identity", "0003_study_store"]
+    assert db.upgrade(engine, core_only) == ["0001_audit_trail", "0002_identity", "0003_study_store",
+                                          "0004_exports", "0005_sharing"]
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 7, 'abc')"))
     assert db.upgrade(engine, core_only) == []

@@ -303,3 +303,86 @@ def test_hook_images_release_at(runtime, session, tmp_path, frozen_clock):
     assert (by_uid[free.study_uid].images_release_at, by_uid[free.study_uid].images_release_rule) == (clock.now(), "")
     [event] = audit_events(session, "study.images_held")
     assert event.subject == f"study:{by_uid[held.study_uid].id}" and event.detail["rule"] == "fixture images 24 h"
+
+
+def test_hook_export_formats(runtime, session, tmp_path):
+    import zipfile
+
+    from support import ingest_file
+
+    from core.access import Principal
+    from core.studies import synthetic
+    from core.studies.exports import service as exports
+
+    calls = fixture_plugin.CALLS["export_formats"]
+    calls.clear()
+    assert list(exports.formats(runtime)) == ["zip", "iso", "jpg", "fixture_gated", "fixture_full_disk"]
+    assert list(exports.formats(runtime)) and calls == [{"site": "Test Imaging"}]  # asked once per runtime
+    spec = synthetic.StudySpec(patient_id="HOOK-5", instances=2)
+    for path in synthetic.write(synthetic.study(spec), tmp_path / spec.study_uid):
+        assert ingest_file(session, runtime, path).outcome == "stored"
+    staff = Principal(kind="account", id="1", roles=frozenset({"staff"}))
+    export, _ = exports.ask(session, runtime, staff, format_name="fixture_gated", study_uids=[spec.study_uid],
+                            language="en", acknowledged=True)
+    session.commit()
+    assert exports.run(runtime, export.id) == "ready"  # the plugin's build(job) made the file on offer
+    with zipfile.ZipFile(exports.file_of(runtime, export)) as archive:
+        names = archive.namelist()
+        assert len(names) == 2 and all(archive.read(name)[:132] == bytes(128) + b"DICM" for name in names)
+
+
+def _shared_study(session, make_account):
+    """An account, its patient and one study of theirs, and the account's principal."""
+    from sqlalchemy import select
+
+    from core import clock
+    from core.identity.models import PatientLink
+    from core.studies.models import Study
+
+    account = make_account(email="hook-share@example.test", name="Hook Share")
+    patient_ref = session.scalar(select(PatientLink.patient_ref).where(PatientLink.account_id == account.id))
+    study = Study(patient_ref=patient_ref, study_uid="1.2.826.0.1.99.7", created_at=clock.now())
+    session.add(study)
+    session.flush()
+    return study, Principal(kind="account", id=str(account.id), roles=frozenset({"user"}),
+                            scope=frozenset({str(patient_ref)}))
+
+
+def test_hook_share_options(runtime):
+    from core.sharing.routes import share_options
+
+    calls = fixture_plugin.CALLS["share_options"]
+    calls.clear()
+    [option] = share_options(runtime)  # what the share form offers besides the core's choices
+    assert (option.name, option.label, option.default) == (
+        "fixture_second_opinion", "For a second opinion (fixture)", False)
+    assert calls == [{"site": "Test Imaging"}]
+
+
+def test_hook_share_created(runtime, session, make_account, caplog):
+    from core.sharing import service as sharing
+
+    study, principal = _shared_study(session, make_account)
+    calls = fixture_plugin.CALLS["share_created"]
+    calls.clear()
+    made = sharing.create(session, runtime, principal, nickname="Hook", study_uids=[study.study_uid],
+                          acknowledged=True, options={"fixture_second_opinion": True}).share
+    assert calls == [{"share": made.id, "nickname": "Hook", "parent": None}]
+    with caplog.at_level(logging.ERROR):  # an observer that fails stops nothing
+        failing = sharing.create(session, runtime, principal, nickname="OBSERVER FAILS",
+                                 study_uids=[study.study_uid], acknowledged=True).share
+    assert "plugin 'fixture' failed in share_created" in caplog.text and failing.id
+    assert "option:fixture_second_opinion" in sharing.scope_of(made)
+
+
+def test_hook_share_opened(runtime, session, make_account):
+    from core.sharing import service as sharing
+
+    study, principal = _shared_study(session, make_account)
+    made = sharing.create(session, runtime, principal, nickname="Hook", study_uids=[study.study_uid],
+                          acknowledged=True).share
+    calls = fixture_plugin.CALLS["share_opened"]
+    calls.clear()
+    cookie = sharing.open_share(session, runtime, made, client="192.0.2.1")
+    assert calls == [{"share": made.id, "times_opened": 1}]
+    assert sharing.principal_for(session, cookie).scope == frozenset({f"study:{study.id}"})

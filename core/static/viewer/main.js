@@ -212,6 +212,25 @@ function labels() {
   $("viewer-window-label").textContent = shownWindow
     ? say("window", { width: rounded(shownWindow.width), center: rounded(shownWindow.center) }) : "";
   $("viewer-zoom-label").textContent = frame ? say("zoom", { zoom: `${Math.round(view.magnification() * 100)}%` }) : "";
+  saveLinks(shownWindow);
+}
+
+/** "Save image" and "Series as JPG" take the image and the window shown right now. */
+function saveLinks(shownWindow) {
+  const image = state.images[state.index];
+  const windowParam = shownWindow ? `${rounded(shownWindow.center)},${rounded(shownWindow.width)}` : "";
+  const study = encodeURIComponent(config.studyUid);
+  const save = $("viewer-save-image");
+  if (!save) return;  // not offered (a share without download)
+  save.hidden = !image;
+  if (image) {
+    save.href = `/exams/${study}/images/${encodeURIComponent(image.info.sopUid)}.jpg?download=1`
+      + `&frame=${image.frame}${windowParam ? `&window=${windowParam}` : ""}`;
+  }
+  if (state.series) {
+    $("viewer-save-series").href = `/exports/new?format=jpg&study=${study}`
+      + `&series=${encodeURIComponent(state.series.uid)}${windowParam ? `&window=${windowParam}` : ""}`;
+  }
 }
 
 // -- cine -----------------------------------------------------------------------------------

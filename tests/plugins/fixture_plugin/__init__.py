@@ -138,6 +138,9 @@ def access_vote(principal, action, resource):
         return False
     if action == "fixture.secret" and principal.kind == "staff":
         return True
+    if action == "studies.export" and resource is not None and any(
+            study.description == "NO EXPORT" for study in resource.studies):
+        return False
     return None
 
 
@@ -221,3 +224,62 @@ def study_ingested(study, patient, instance, new_study):
                                     "sop_uid": instance.sop_uid, "new_study": new_study})
     if study.description == "OBSERVER FAILS":
         raise RuntimeError("observer failed on purpose")
+
+
+# -- exports: a format that stops on a gate the test opens, and one that meets a full disk --
+
+def _build_behind_gate(job):
+    """A ZIP of the DICOM files that waits, after the first file, until the FIFO named by
+    ``options["gate"]`` is opened for writing and closed: a job a test can catch mid-way."""
+    import zipfile
+
+    with zipfile.ZipFile(job.target, "w") as archive:
+        for number, entry in enumerate(job.entries):
+            with archive.open(entry.path, "w") as out:
+                job.copy_dicom(entry, out)
+            job.advance()
+            if number == 0 and job.options.get("gate"):
+                with open(job.options["gate"], "rb") as gate:
+                    gate.read()
+
+
+def _build_on_full_disk(job):
+    """Starts the archive, then writes the files to /dev/full, where the kernel answers ENOSPC."""
+    job.target.write_bytes(b"PK half an archive")
+    with open("/dev/full", "wb", buffering=0) as disk:
+        for entry in job.entries:
+            job.copy_dicom(entry, disk)
+            job.advance()
+
+
+@hookimpl
+def export_formats(runtime):
+    from core import ExportFormat
+
+    CALLS["export_formats"].append({"site": runtime.site.name})
+    return [ExportFormat(name="fixture_gated", label="Fixture gated ZIP", suffix=".zip", media_type="application/zip",
+                         build=_build_behind_gate),
+            ExportFormat(name="fixture_full_disk", label="Fixture full disk", suffix=".bin",
+                         media_type="application/octet-stream", build=_build_on_full_disk)]
+
+
+# -- sharing: one extra option on the share form, and observers (one fails on purpose) --
+
+@hookimpl
+def share_options(runtime):
+    from core import ShareOption
+
+    CALLS["share_options"].append({"site": runtime.site.name})
+    return [ShareOption(name="fixture_second_opinion", label="For a second opinion (fixture)")]
+
+
+@hookimpl
+def share_created(share):
+    CALLS["share_created"].append({"share": share.id, "nickname": share.nickname, "parent": share.parent_ref})
+    if share.nickname == "OBSERVER FAILS":
+        raise RuntimeError("observer failed on purpose")
+
+
+@hookimpl
+def share_opened(share):
+    CALLS["share_opened"].append({"share": share.id, "times_opened": share.times_opened})
