@@ -102,6 +102,12 @@ def test_a_patient_shares_two_exams_with_a_password_and_then_turns_the_share_off
         assert not any(title in doctor.content() for title in ("US ABDOMEN COMPLETE", "XR CHEST 2 VIEWS"))
         doctor.goto(exam_address)
 
+        # the patient's activity page tells who opened the share and what they looked at
+        patient.goto(demo_url + "/activity")
+        opened = patient.locator("main li", has_text=nickname)
+        assert opened.count() >= 2  # the opening and the views, under the share's nickname
+        assert "CT CHEST WITHOUT CONTRAST" in patient.locator("main").inner_text()
+
         # the patient turns the share off; the doctor's next request is refused
         patient.goto(demo_url + "/shares")
         card = patient.locator(".share-card", has_text=nickname)
