@@ -9,6 +9,7 @@ import re
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ def test_a_patient_shares_two_exams_with_a_password_and_then_turns_the_share_off
         assert re.fullmatch(r"https?://[^/]+/s/[A-Za-z0-9_-]{43}", link) and re.fullmatch(r"[A-Z0-9-]{14}", password)
         assert patient.locator("svg.share-qr").is_visible()
         patient.locator("[data-copy=share-link]").click()
-        assert patient.locator("#copy-status").inner_text() == words["copied"]
+        expect(patient.locator("#copy-status")).to_have_text(words["copied"])  # the clipboard answers asynchronously
         assert patient.evaluate("navigator.clipboard.readText()") == link
         assert fits(patient)
 
