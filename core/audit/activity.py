@@ -31,7 +31,7 @@ from core.identity.models import Account, PatientLink
 from core.sharing.models import Share
 from core.studies import queries
 from core.studies.models import Patient, Study
-from core.studies.pages import patient_name, study_day
+from core.studies.pages import date_range, patient_name, study_day
 
 PAGE_SIZE = 25
 REPEATS_WITHIN = timedelta(minutes=15)  # the same thing again this soon is told once, with a count
@@ -92,14 +92,7 @@ class ActivityFilters:
     def parse(cls, kind: str = "", date_from: str = "", date_to: str = "", page: str = "1") -> "ActivityFilters":
         """From the GET form; a value that cannot be used is dropped (and a wrong date named)."""
         filters = cls(kind=kind if kind in dict(KINDS) else "")
-        for name, raw in (("date_from", date_from), ("date_to", date_to)):
-            if raw.strip():
-                try:
-                    setattr(filters, name, date.fromisoformat(raw.strip()))
-                except ValueError:
-                    filters.problems.append(_("“%(value)s” is not a date; use the form YYYY-MM-DD.", value=raw[:20]))
-        if filters.date_from and filters.date_to and filters.date_from > filters.date_to:
-            filters.date_from, filters.date_to = filters.date_to, filters.date_from
+        filters.date_from, filters.date_to = date_range(date_from, date_to, filters.problems)
         filters.page = max(1, int(page)) if page.isdigit() and len(page) < 7 else 1
         return filters
 

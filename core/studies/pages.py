@@ -128,6 +128,22 @@ def patient_choice(session: Session, principal: Principal, web_session: WebSessi
 
 # -- the exam list ------------------------------------------------------------------------------
 
+def date_range(date_from: str, date_to: str, problems: list[str]) -> tuple[date | None, date | None]:
+    """A "from" and "to" day of a GET form, each None when empty or not a date (then named in
+    ``problems``); given backwards, they are still meant as a range."""
+    days = []
+    for raw in (date_from, date_to):
+        day = None
+        if raw.strip():
+            try:
+                day = date.fromisoformat(raw.strip())
+            except ValueError:
+                problems.append(_("“%(value)s” is not a date; use the form YYYY-MM-DD.", value=raw[:20]))
+        days.append(day)
+    first, last = days
+    return (last, first) if first and last and first > last else (first, last)
+
+
 @dataclass
 class ExamFilters:
     date_from: date | None = None
@@ -152,14 +168,7 @@ class ExamFilters:
     def parse(cls, date_from: str = "", date_to: str = "", kind: str = "", group: str = "") -> "ExamFilters":
         """From the GET form; a value that cannot be used is dropped and named in ``problems``."""
         filters = cls(group_by_body_part=group == "body_part")
-        for name, raw in (("date_from", date_from), ("date_to", date_to)):
-            if raw.strip():
-                try:
-                    setattr(filters, name, date.fromisoformat(raw.strip()))
-                except ValueError:
-                    filters.problems.append(_("“%(value)s” is not a date; use the form YYYY-MM-DD.", value=raw[:20]))
-        if filters.date_from and filters.date_to and filters.date_from > filters.date_to:
-            filters.date_from, filters.date_to = filters.date_to, filters.date_from
+        filters.date_from, filters.date_to = date_range(date_from, date_to, filters.problems)
         if kind in MODALITY_KINDS:
             filters.kind = kind
         return filters
