@@ -124,10 +124,16 @@ def instances(session: Session, principal: Principal, study: Study, *, series_ui
         now = clock.now()
         if not images_visible(principal, study, now):
             return query.where(false())
-        held = select(Report.source_uid).where(Report.study_ref == study.id, Report.release_at > now,
-                                               Report.source_uid.is_not(None))
-        query = query.where(not_(Instance.sop_uid.in_(held)))
+        query = query.where(not_held_report_file([study.id], now))
     return _without_uncleanable(principal, query)
+
+
+def not_held_report_file(study_refs: list[int] | None = None, now=None):
+    """A clause on ``Instance``: not the DICOM file (SR, PDF) of a report still held from patients."""
+    held = select(Report.source_uid).where(Report.release_at > (now or clock.now()), Report.source_uid.is_not(None))
+    if study_refs is not None:
+        held = held.where(Report.study_ref.in_(study_refs))
+    return not_(Instance.sop_uid.in_(held))
 
 
 def _without_uncleanable(principal: Principal, query: Select) -> Select:
@@ -188,7 +194,6 @@ def visible_instances(session: Session, principal: Principal) -> Select:
              .join(Study, Series.study_ref == Study.id).where(study_filter(session, principal)))
     if not sees_everything(principal):
         now = clock.now()
-        held = select(Report.source_uid).where(Report.release_at > now, Report.source_uid.is_not(None))
         query = query.where(or_(Study.images_release_at.is_(None), Study.images_release_at <= now),
-                            not_(Instance.sop_uid.in_(held)))
+                            not_held_report_file(now=now))
     return _without_uncleanable(principal, query)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import not_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core import access, clock, notify
@@ -38,7 +38,7 @@ from core.studies.exports.job import Job
 from core.studies.exports.layout import ExportFailure
 from core.studies.dicom_json import hides_patient
 from core.studies.exports.models import ACTIVE, Export
-from core.studies.models import Instance, Patient, Report, Series, Study
+from core.studies.models import Instance, Patient, Series, Study
 
 BUILD = "core.build_export"
 REQUEUE = "core.requeue_exports"
@@ -158,9 +158,7 @@ def rows(session: Session, study_refs: list[int], options: dict, *, held_out: bo
     if options.get("series_uid"):
         statement = statement.where(Series.series_uid == options["series_uid"])
     if held_out:  # the rule of queries.instances: a held report's own DICOM file waits with it
-        held = select(Report.source_uid).where(Report.study_ref.in_(study_refs), Report.release_at > clock.now(),
-                                               Report.source_uid.is_not(None))
-        statement = statement.where(not_(Instance.sop_uid.in_(held)))
+        statement = statement.where(queries.not_held_report_file(study_refs))
     return [tuple(row) for row in session.execute(statement)]
 
 
