@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SITE ?= sites/demo.yaml
+# The site file: `make run SITE=sites/radnet.yaml` or `FILMLESS_SITE=sites/radnet.yaml make run`.
+FILMLESS_SITE ?= sites/demo.yaml
+SITE ?= $(FILMLESS_SITE)
 export FILMLESS_SITE := $(SITE)
 
-.PHONY: run test messages check-site clean
+.PHONY: run test fuzz messages check-site clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Filmless needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -23,6 +25,13 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The long fuzzing run of the DICOM parser (a short one is part of `make test`):
+# coverage-guided with atheris, FUZZ_RUNS inputs, then the count and what became of them.
+FUZZ_RUNS ?= 1000000
+fuzz: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,redis,fuzz]'
+	$(BIN)/python tests/security/fuzz_dicom.py --executions $(FUZZ_RUNS)
 
 # Extract every message from Python and templates, update the catalogues
 # (creating a language's catalogue the first time). The .po files are the

@@ -97,13 +97,20 @@ def _principal_from_cookie(request: Request) -> Principal:
         if expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode()):
             return PACS
         return ANONYMOUS
-    token, shared = request.cookies.get(sessions.COOKIE), request.cookies.get(SHARE_COOKIE)
-    if not token and not shared:
+    if not request.cookies:
         return ANONYMOUS
     runtime = request.app.state.runtime
+    token, shared = request.cookies.get(sessions.COOKIE), request.cookies.get(SHARE_COOKIE)
+    # plugins' own sessions (a visit code, break-glass) have cookies the core does not know
+    asks_plugins = bool(runtime.pm.hook.request_principal.get_hookimpls())
+    if not token and not shared and not asks_plugins:
+        return ANONYMOUS
     with runtime.sessions() as session:
         # an opened share wins while it lasts: its recipient sees exactly what was shared
         principal = sharing.principal_for(session, shared) if shared else None
+        if principal is None and asks_plugins:
+            principal = next((found for found in runtime.pm.hook.request_principal(request=request, session=session)
+                              if found is not None), None)
         if principal is None:
             principal = sessions.principal_for(session, sessions.find(session, token=token, site=runtime.site))
         session.commit()

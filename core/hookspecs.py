@@ -216,10 +216,43 @@ def registration_challenge(site):
 
 
 @hookspec
-def registration_check(patient, birth_date, email):
+def identity_proofs(site):
+    """Contribute other ways to prove who you are at step 2 (identity verification) of sign-up.
+
+    Called when the verification form is shown and checked, with the ``site``.
+    Return a list of ``core.IdentityProof(name, label, hint, find)``. They are
+    offered as choices before the site's ``identity.verify_with`` kinds (the
+    first plugin proof is the default); ``/register/verify?proof=<name>``
+    preselects one. ``label`` and ``hint`` are message ids (mark them with
+    ``N_``), translated when shown. ``find(session=, number=, last_name=,
+    birth_date=)`` returns the ``core.studies.models.Patient`` that the typed
+    number proves, or ``None``: it must check the birth date and the last name
+    itself (compare names with ``core.identity.registration.name_key``). The
+    core's throttling, ``registration_check``, minimum age, email code and
+    password steps then apply as for any other kind.
+
+    Example::
+
+        from core import IdentityProof
+
+        def patient_of_code(session, number, last_name, birth_date):
+            patient = service.patient_of_code(session=session, code=number)
+            if patient and patient.birth_date == birth_date and name_key(patient.family_name) == name_key(last_name):
+                return patient
+
+        @hookimpl
+        def identity_proofs(site):
+            return [IdentityProof(name="visit_code", label=N_("Visit code"),
+                                  hint=N_("Printed on your visit paperwork"), find=patient_of_code)]
+    """
+
+
+@hookspec
+def registration_check(patient, birth_date, email, site):
     """Refuse a self-registration for ``patient`` (a ``core.studies.models.Patient``).
 
-    Called after identity verification succeeded, before the account is made.
+    Called after identity verification succeeded, before the account is made,
+    with the ``site`` (your settings are ``site.plugin_settings["<plugin name>"]``).
     Return a translated message to refuse (shown to the person), or ``None``.
     Any refusal wins.
 
@@ -283,6 +316,30 @@ def share_options(runtime):
 # -- decide ------------------------------------------------------------------
 
 @hookspec
+def request_principal(request, session):
+    """Say who sent a request that carries this plugin's own session cookie.
+
+    Called once per request that has any cookie, after an opened share (which
+    wins) and before the portal account's session: the first answer that is
+    not ``None`` is the principal. ``request`` is the Starlette ``Request``;
+    ``session`` an open SQLAlchemy session (the core commits it, so a plugin
+    may note the last use). Return a ``core.access.Principal`` (e.g. kind
+    ``"visit"`` with ``study:<id>`` entries in its scope, which
+    ``core/studies/queries.py`` honours like a share's) or ``None``.
+
+    Example::
+
+        @hookimpl
+        def request_principal(request, session):
+            cookie = request.cookies.get("filmless_visit")
+            visit = service.visit_of_cookie(session, cookie) if cookie else None
+            if visit:
+                return Principal(kind="visit", id=str(visit.id),
+                                 scope=frozenset(f"study:{ref}" for ref in visit.study_refs))
+    """
+
+
+@hookspec
 def access_vote(principal, action, resource):
     """Vote on whether ``principal`` may do ``action`` on ``resource``.
 
@@ -300,12 +357,13 @@ def access_vote(principal, action, resource):
 
 
 @hookspec
-def report_release_at(report, study):
+def report_release_at(report, study, site):
     """Hold a report back from patients until a time: return a ``ReleaseHold`` or ``None``.
 
     Called once when a report is stored (``report`` is the new
     ``core.studies.models.Report``, with ``category``, ``flags`` and
-    ``signed_at``; ``study`` its ``Study``, with ``location``). The report
+    ``signed_at``; ``study`` its ``Study``, with ``location``; ``site`` the
+    site, for your settings in ``site.plugin_settings``). The report
     reaches patient-side principals (patients, proxies, shares, visit codes) at
     the latest of its signing and every vote; staff always see it. The decision,
     with the vote's ``rule``, is written to the audit trail, and the patient is
@@ -325,10 +383,11 @@ def report_release_at(report, study):
 
 
 @hookspec
-def images_release_at(study):
+def images_release_at(study, site):
     """Hold a study's images back from patients until a time: a ``ReleaseHold`` or ``None``.
 
-    Called once when a study's first instance is stored. Images reach
+    Called once when a study's first instance is stored, with the ``site``
+    (for your settings in ``site.plugin_settings``). Images reach
     patient-side principals at the latest of the study's arrival and every vote.
 
     Example::
@@ -343,21 +402,25 @@ def images_release_at(study):
 # -- observe -----------------------------------------------------------------
 
 @hookspec
-def study_ingested(study, patient, instance, new_study):
+def study_ingested(study, patient, instance, new_study, runtime):
     """Be told that a DICOM instance was stored and committed.
 
     ``study``, ``patient`` and ``instance`` are the stored
     ``core.studies.models`` rows; ``new_study`` is true for the first instance
     of a study (the moment to issue a visit code or send an activation).
+    The core's transaction is already committed: to write rows, open your own
+    with ``with runtime.sessions() as session:`` and commit it.
     Called once per new instance, never for a file that was already stored. An
     exception here is logged and ignored: the instance stays stored.
 
     Example::
 
         @hookimpl
-        def study_ingested(study, patient, new_study):
+        def study_ingested(study, patient, new_study, runtime):
             if new_study:
-                issue_visit_code(study)
+                with runtime.sessions() as session:
+                    service.issue_visit_code(session, study_id=study.id)
+                    session.commit()
     """
 
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import pluggy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -54,6 +54,20 @@ class RegistrationChallenge:
     name: str
     label: str
     check: Callable[..., bool]  # check(session=, patient=, answer=) -> bool
+
+
+@dataclass(frozen=True)
+class IdentityProof:
+    """Another way to prove who you are at step 2 of sign-up, returned by the ``identity_proofs`` hook.
+
+    Offered as a choice before the site's ``identity.verify_with`` kinds; ``find``
+    returns the patient the typed number proves (checking the birth date and the
+    last name), or ``None``."""
+
+    name: str  # [a-z0-9_]+, the form's choice and ?proof=<name>
+    label: str  # a message id, translated when shown
+    hint: str  # a message id, translated when shown under the field ("" for none)
+    find: Callable[..., Any]  # find(session=, number=, last_name=, birth_date=) -> Patient | None
 
 
 @dataclass(frozen=True)

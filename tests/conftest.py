@@ -3,7 +3,6 @@ FILMLESS_TEST_DATABASE_URL is set), sites written to YAML, apps with the fixture
 plugin, and a clock that tests move instead of sleeping."""
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -16,19 +15,20 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "plugins")]
 from core import clock, db, plugins  # noqa: E402
 from core.app import build_runtime, create_app  # noqa: E402
 
-from support import BACKENDS, PG_URL, make_site, reset_postgresql  # noqa: E402
+from support import BACKENDS, PG_URL, make_site, migrated_plugins, reset_postgresql  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request, tmp_path_factory) -> str:
-    """A migrated database (core + fixture plugin) shared by the tests of one backend."""
+    """A migrated database (core, the fixture plugin and radnet_icode) shared by the tests of one
+    backend. Each plugin is enabled only in the sites that name it; its tables are always there."""
     if request.param == "postgresql":
         reset_postgresql(PG_URL)
         url = PG_URL
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'portal.db'}"
     engine = db.make_engine(url)
-    db.upgrade(engine, plugins.build_manager({"fixture": importlib.import_module("fixture_plugin")}))
+    db.upgrade(engine, plugins.build_manager(migrated_plugins()))
     engine.dispose()
     return url
 

@@ -28,6 +28,15 @@ def registry(**extra):
     return {**plugins.installed(), "fixture": lambda: importlib.import_module("fixture_plugin"), **extra}
 
 
+def migrated_plugins() -> dict:
+    """The plugins whose tables the shared test database has (see ``database_url`` in conftest.py):
+    the fixture plugin, and radnet_icode once it has migrations. Sites enable only those they name."""
+    found = {"fixture": importlib.import_module("fixture_plugin")}
+    if (ROOT / "plugins" / "radnet_icode" / "migrations").is_dir():
+        found["radnet_icode"] = importlib.import_module("plugins.radnet_icode")
+    return found
+
+
 def site_data(tmp_path: Path, database: str | None = None, **overrides) -> dict:
     data = {
         "site": {"name": "Test Imaging", "timezone": "Europe/Madrid", "languages": ["en", "es"]},
@@ -48,8 +57,14 @@ def write_site(tmp_path: Path, data: dict, name: str = "site.yaml") -> Path:
     return path
 
 
-def make_site(tmp_path: Path, reg=None, **overrides):
-    return load_site(write_site(tmp_path, site_data(tmp_path, **overrides)), registry=reg or registry())
+def make_site(tmp_path: Path, reg=None, *, plugins: dict | None = None, fixture: bool = True, **overrides):
+    """A site written to ``tmp_path``. ``plugins`` (name -> settings) are enabled after the fixture
+    plugin, or instead of its test settings when they name it; ``fixture=False`` leaves it out:
+    ``make_site(tmp_path, database=database_url, plugins={"radnet_icode": {...}})``."""
+    enabled = dict(site_data(tmp_path)["plugins"]) if fixture else {}
+    enabled.update(plugins or {})
+    data = site_data(tmp_path, plugins=enabled, **overrides)
+    return load_site(write_site(tmp_path, data), registry=reg or registry())
 
 
 def reset_postgresql(url: str) -> None:

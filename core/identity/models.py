@@ -128,12 +128,19 @@ class RegistrationDraft(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+HELP_TOPICS = ("account", "sign_in", "visit_code", "other")  # the core's; plugins may store others
+
+
 class AccountRequest(Base):
-    """A help-desk ticket from a patient who could not verify online."""
+    """A help-desk ticket: a patient who could not verify online asking for an account
+    (``topic`` "account"), or another question for the help desk (``HELP_TOPICS``).
+    ``reference`` names what the ticket is about, e.g. "icode:12", for the plugin that made it."""
 
     __tablename__ = "account_request"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    topic: Mapped[str] = mapped_column(String(20), default="account", server_default="account")
+    reference: Mapped[str] = mapped_column(String(80), default="", server_default="")
     name: Mapped[str] = mapped_column(String(200))
     birth_date: Mapped[date | None] = mapped_column(Date)
     email: Mapped[str] = mapped_column(String(254))

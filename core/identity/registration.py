@@ -171,6 +171,12 @@ def find_patient(session: Session, *, kind: str, number: str, last_name: str, bi
     return matches[0] if len(matches) == 1 else None
 
 
+def proofs(pm, site) -> list:
+    """The other ways to prove who you are that plugins offer at step 2 (``identity_proofs`` hook),
+    before the site's ``identity.verify_with`` kinds."""
+    return [proof for found in pm.hook.identity_proofs(site=site) for proof in (found or [])]
+
+
 def challenges(pm, site) -> list:
     """The extra questions plugins ask at step 2 (``registration_challenge`` hook)."""
     return [challenge for found in pm.hook.registration_challenge(site=site) for challenge in (found or [])]
@@ -195,7 +201,12 @@ def verify(session: Session, *, site, draft: RegistrationDraft, kind: str, numbe
         audit.record(session, actor=f"ip:{ip}", action="registration.throttled", subject=subject)
         return Verification("throttled", wait=wait)
     patient = None
-    if kind in site.config.identity.verify_with:
+    proof = next((proof for proof in proofs(pm, site) if proof.name == kind), None)
+    if proof is not None:  # a plugin's proof replaces the core's lookup; an unknown kind matches nobody
+        if number.strip() and name_key(last_name):
+            patient = proof.find(session=session, number=number.strip(), last_name=last_name,
+                                 birth_date=draft.birth_date)
+    elif kind in site.config.identity.verify_with:
         patient = find_patient(session, kind=kind, number=number, last_name=last_name, birth_date=draft.birth_date)
     passed = patient is not None and all(
         challenge.check(session=session, patient=patient, answer=answers.get(challenge.name, "").strip())
@@ -208,7 +219,7 @@ def verify(session: Session, *, site, draft: RegistrationDraft, kind: str, numbe
         return Verification("failed")
     clear_failures(session, keys[:1])
     refusals = [message for message in pm.hook.registration_check(
-        patient=patient, birth_date=draft.birth_date, email=draft.email) if message]
+        patient=patient, birth_date=draft.birth_date, email=draft.email, site=site) if message]
     if refusals:
         audit.record(session, actor=f"ip:{ip}", action="registration.refused", subject=f"patient:{patient.id}",
                      detail={"why": "registration_check"})
@@ -319,20 +330,26 @@ def finish(session: Session, *, token: str | None, password: str, confirmation: 
 
 # -- asking the help desk for an account ---------------------------------------------------
 
-def request_account(session: Session, *, site, details: Details, language: str, ip: str) -> int:
-    """A help-desk ticket; the same answer for everybody. 0 when stored, else seconds to wait."""
+def request_account(session: Session, *, site, details: Details, language: str, ip: str, topic: str = "account",
+                    reference: str = "") -> int:
+    """A help-desk ticket; the same answer for everybody. 0 when stored, else seconds to wait.
+
+    ``topic`` is what the person needs ("account", or another of ``HELP_TOPICS`` such as
+    "visit_code"); ``reference`` what it is about, for the plugin that asked (e.g. "icode:12")."""
     keys = [f"account_request:ip:{ip}"]
     if wait := wait_seconds(session, keys):
         return wait
     record_failure(session, keys)  # every request counts: a few freely, then slower and slower
     ticket = AccountRequest(name=details.name, birth_date=details.birth_date, email=details.email,
                             mobile=details.mobile, details=details.text, language=language, status="open",
-                            created_at=clock.now())
+                            topic=topic[:20], reference=reference[:80], created_at=clock.now())
     session.add(ticket)
     session.flush()
-    notify.send_email(session, to=details.email, template="account_request_received", language=language,
+    template = "account_request_received" if topic == "account" else "help_request_received"
+    notify.send_email(session, to=details.email, template=template, language=language,
                       days=site.config.identity.request_account_days)
-    audit.record(session, actor=f"ip:{ip}", action="account_request.created", subject=f"account_request:{ticket.id}")
+    audit.record(session, actor=f"ip:{ip}", action="account_request.created", subject=f"account_request:{ticket.id}",
+                 detail={"topic": ticket.topic})
     return 0
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.audit import service as audit
+from core.i18n import N_
 from core.i18n import gettext as _
 from core.identity import invitations
 from core.identity.models import PERMISSIONS, Account, AccountRequest, Invitation, PatientLink
@@ -103,6 +104,15 @@ def resend_invitation(session: Session, *, site, staff: Account, patient_ref: in
 
 # -- the help desk's queue ------------------------------------------------------------
 
+TOPIC_LABELS = {"account": N_("Account request"), "sign_in": N_("Trouble signing in"),
+                "visit_code": N_("Visit code"), "other": N_("Other question")}
+
+
+def topic_label(topic: str) -> str:
+    """What a ticket is about, translated; a plugin's own topic shows as it is stored."""
+    return _(TOPIC_LABELS[topic]) if topic in TOPIC_LABELS else topic
+
+
 def open_requests(session: Session) -> list[AccountRequest]:
     return list(session.scalars(select(AccountRequest).where(AccountRequest.status == "open")
                                 .order_by(AccountRequest.created_at, AccountRequest.id)))
@@ -117,6 +127,8 @@ def invite_for_request(session: Session, *, site, staff: Account, request: Accou
     """The person was verified by phone: invite them, as the patient, to their record."""
     if request.status != "open":
         raise AccountError(_("This request has already been handled."))
+    if request.topic != "account":  # other questions are answered, then closed with a note
+        raise AccountError(_("Only a request for an account can be answered with an invitation."))
     invitation = invitations.invite(session, site=site, inviter=staff, email=request.email, name=request.name,
                                     patient=patient, relationship="self", permissions=list(PERMISSIONS),
                                     language=request.language)

@@ -220,7 +220,7 @@ def _store(session: Session, path: Path, fields: dict, result: Ingested, *, runt
         session.rollback()  # the rows are gone, and with them the blob (see put_in_transaction)
         raise
     call_each(runtime.pm, "study_ingested", strict=False, study=study, patient=patient, instance=instance,
-              new_study=new_study)
+              new_study=new_study, runtime=runtime)
     return result
 
 
@@ -278,7 +278,8 @@ def _latest(pm, hook: str, start: datetime, **kwargs) -> tuple[datetime, Release
 
 
 def _decide_images_release(session: Session, runtime, study: Study) -> None:
-    study.images_release_at, hold = _latest(runtime.pm, "images_release_at", study.created_at, study=study)
+    study.images_release_at, hold = _latest(runtime.pm, "images_release_at", study.created_at, study=study,
+                                                site=runtime.site)
     study.images_release_rule = hold.rule if hold else ""
     if hold:
         audit.record(session, actor="system", action="study.images_held", subject=f"study:{study.id}",
@@ -306,7 +307,8 @@ def add_report(session: Session, *, runtime, study: Study, signed_at: datetime, 
         with scratch_file(runtime.blobs, ".pdf") as scratch:
             shutil.copyfile(pdf, scratch)  # the store moves the copy in; the caller keeps its file
             put_in_transaction(session, runtime.blobs, report.pdf_blob_key, scratch)
-    report.release_at, hold = _latest(runtime.pm, "report_release_at", signed_at, report=report, study=study)
+    report.release_at, hold = _latest(runtime.pm, "report_release_at", signed_at, report=report, study=study,
+                                        site=runtime.site)
     report.release_rule, report.release_law = (hold.rule, hold.law) if hold else ("", "")
     session.add(report)
     session.flush()

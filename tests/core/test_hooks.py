@@ -217,8 +217,95 @@ def test_hook_registration_check(session, site):
     accepted = _registration_draft(session, "RC-2", "H")
     assert registration.verify(session, site=site, draft=accepted, kind="patient_id", number="RC-2",
                                last_name="ruiz", answers={}, ip="10.1.1.2").outcome == "verified"
-    assert calls == [{"patient": "RC-1", "birth_date": date(1990, 1, 1), "email": "ana@example.test"},
-                     {"patient": "RC-2", "birth_date": date(1990, 1, 1), "email": "ana@example.test"}]
+    assert calls == [{"patient": "RC-1", "birth_date": date(1990, 1, 1), "email": "ana@example.test",
+                      "site": "Test Imaging"},
+                     {"patient": "RC-2", "birth_date": date(1990, 1, 1), "email": "ana@example.test",
+                      "site": "Test Imaging"}]
+
+
+def test_hook_identity_proofs(session, tmp_path, database_url):
+    """A plugin's proof ("fixture card") is offered first at step 2 and proves who you are end to end."""
+    from datetime import date
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+    from sqlalchemy.orm import sessionmaker
+    from support import make_site, post_form
+
+    from core import clock
+    from core.app import build_runtime, create_app
+    from core.identity import registration
+    from core.identity.models import RegistrationDraft
+    from core.studies.models import Patient
+
+    patient = Patient(issuer="H", patient_id="PT-1", family_name="Núñez", given_name="Eva",
+                      birth_date=date(1985, 6, 1), created_at=clock.now())
+    session.add(patient)
+    session.commit()
+    asking = make_site(tmp_path, database=database_url, plugins={"fixture": {"fixture_card_proof": True}})
+    runtime = build_runtime(asking)
+    runtime.sessions = sessionmaker(bind=session.bind, join_transaction_mode="create_savepoint",
+                                    expire_on_commit=False, info={"plugins": runtime.pm, "runtime": runtime})
+    [proof] = registration.proofs(runtime.pm, asking)
+    assert (proof.name, proof.label, proof.hint) == ("fixture_card", "Fixture card number",
+                                                     "On the back of your fixture card")
+    calls = fixture_plugin.CALLS["identity_proofs"]
+    calls.clear()
+    try:
+        with TestClient(create_app(asking, runtime), base_url="https://testserver") as client:
+            post_form(client, "/register", {"name": "Eva Núñez", "birth_day": "1", "birth_month": "6",
+                                            "birth_year": "1985", "email": "eva@example.test", "mobile": ""})
+            page = client.get("/register/verify").text
+            # the proof comes before the site's numbers, chosen by default, with its label and hint
+            radios = re.findall(r'<input type="radio" name="kind" value="(\w+)"( checked)?', page)
+            assert radios == [("fixture_card", " checked"), ("patient_id", ""), ("accession_number", "")]
+            assert "Fixture card number" in page and "On the back of your fixture card" in page
+            chosen = client.get("/register/verify?proof=fixture_card").text
+            assert re.search(r'value="fixture_card" checked', chosen)
+            attempt = {"last_name": "NUNEZ", "kind": "fixture_card"}
+
+            def verify(**changes):
+                return post_form(client, "/register/verify", {**attempt, **changes}, follow_redirects=False)
+
+            # the wrong card, a kind nobody offers, and the card typed as a patient ID all fail alike
+            for changes in ({"number": "CARD-PT-2"}, {"number": "CARD-PT-1", "kind": "library_card"},
+                            {"number": "CARD-PT-1", "kind": "patient_id"}):
+                answer = verify(**changes)
+                assert answer.status_code == 200 and "We could not match these details" in answer.text
+            assert calls == [{"number": "CARD-PT-2", "last_name": "NUNEZ", "birth_date": date(1985, 6, 1)}]
+            answer = verify(number=" card-pt-1 ")
+            assert answer.status_code == 303 and answer.headers["location"] == "/register/email"
+            assert calls[-1] == {"number": "card-pt-1", "last_name": "NUNEZ", "birth_date": date(1985, 6, 1)}
+        draft = session.scalars(select(RegistrationDraft).where(RegistrationDraft.email == "eva@example.test")).one()
+        assert draft.patient_ref == patient.id
+    finally:
+        runtime.close()
+
+
+# -- requests ------------------------------------------------------------------------------
+
+def test_hook_request_principal(client, session, runtime, tmp_path):
+    """A plugin's own cookie makes a visit principal that sees exactly the one study it names."""
+    from support import ingest_file
+
+    from core.studies import synthetic
+
+    seen, other = (synthetic.StudySpec(patient_id="VISIT-1", instances=1, description=text)
+                   for text in ("Seen by the visit", "Not in the visit"))
+    for spec in (seen, other):
+        [path] = synthetic.write(synthetic.study(spec), tmp_path / spec.study_uid)
+        assert ingest_file(session, runtime, path).outcome == "stored"
+    calls = fixture_plugin.CALLS["request_principal"]
+    calls.clear()
+    assert client.get(f"/exams/{seen.study_uid}").status_code == 403  # no cookie at all: nobody is asked
+    assert calls == []
+    client.cookies.set("fixture_visit", seen.study_uid)
+    page = client.get(f"/exams/{seen.study_uid}")
+    assert page.status_code == 200 and "Seen by the visit" in page.text
+    assert calls[-1] == {"cookie": seen.study_uid, "path": f"/exams/{seen.study_uid}"}
+    assert client.get(f"/exams/{other.study_uid}").status_code == 404
+    client.cookies.set("fixture_visit", "1.2.3.no.such.study")
+    assert client.get(f"/exams/{seen.study_uid}").status_code == 403  # the plugin said None: anonymous
 
 
 # -- the study store -----------------------------------------------------------------------
@@ -235,8 +322,10 @@ def test_hook_study_ingested(runtime, session, tmp_path, caplog):
     first, second = synthetic.write(synthetic.study(spec), tmp_path / "in")
     stored = [ingest_file(session, runtime, path) for path in (first, second, first)]
     assert [result.outcome for result in stored] == ["stored", "stored", "duplicate"]
-    assert calls == [{"study": spec.study_uid, "patient": "HOOK-1", "sop_uid": stored[0].sop_uid, "new_study": True},
-                     {"study": spec.study_uid, "patient": "HOOK-1", "sop_uid": stored[1].sop_uid, "new_study": False}]
+    assert calls == [{"study": spec.study_uid, "patient": "HOOK-1", "sop_uid": stored[0].sop_uid, "new_study": True,
+                      "site": "Test Imaging"},
+                     {"study": spec.study_uid, "patient": "HOOK-1", "sop_uid": stored[1].sop_uid, "new_study": False,
+                      "site": "Test Imaging"}]
     failing = synthetic.StudySpec(patient_id="HOOK-2", instances=1, description="OBSERVER FAILS")
     [path] = synthetic.write(synthetic.study(failing), tmp_path / "failing")
     with caplog.at_level(logging.ERROR):
@@ -271,7 +360,7 @@ def test_hook_report_release_at(runtime, session, frozen_clock):
     free = service.add_report(session, runtime=runtime, study=study, signed_at=signed, text="Free.",
                               source_uid="hook-free")
     session.commit()
-    assert calls == [{"category": "radiology", "study": "1.2.826.0.1.99.3"}] * 2
+    assert calls == [{"category": "radiology", "study": "1.2.826.0.1.99.3", "site": "Test Imaging"}] * 2
     assert (held.release_at, held.release_rule, held.release_law) == (
         signed + timedelta(hours=72), "fixture 72 h", "the Fixture Act")
     assert (free.release_at, free.release_rule, free.release_law) == (signed, "", "")
@@ -295,7 +384,8 @@ def test_hook_images_release_at(runtime, session, tmp_path, frozen_clock):
     for spec in (held, free):
         for path in synthetic.write(synthetic.study(spec), tmp_path / spec.study_uid):
             assert ingest_file(session, runtime, path).outcome == "stored"
-    assert calls == [{"study": held.study_uid}, {"study": free.study_uid}]  # once per study, not per instance
+    # once per study, not per instance
+    assert calls == [{"study": held.study_uid, "site": "Test Imaging"}, {"study": free.study_uid, "site": "Test Imaging"}]
     by_uid = {s.study_uid: s for s in session.query(Study).filter(Study.study_uid.in_([held.study_uid,
                                                                                          free.study_uid]))}
     assert (by_uid[held.study_uid].images_release_at, by_uid[held.study_uid].images_release_rule) == (

@@ -175,6 +175,7 @@ TEMPLATES = {
     "activation": ({"link": "https://portal.test/activate/xyz", "hours": 36},
                    ["https://portal.test/activate/xyz", "36 hours"]),
     "account_request_received": ({"days": 3}, ["3 days"]),
+    "help_request_received": ({"days": 2}, ["2 days"]),
 }
 
 

@@ -69,7 +69,7 @@ def test_results_come_in_site_file_order(tmp_path):
 
 def test_each_app_has_its_own_manager(tmp_path):
     with_fixture = make_site(tmp_path / "a")
-    without = make_site(tmp_path / "b", plugins={})
+    without = make_site(tmp_path / "b", fixture=False)
     first, second = build_runtime(with_fixture), build_runtime(without)
     assert first.pm.get_plugin("fixture") is not None
     assert second.pm.get_plugin("fixture") is None

@@ -191,3 +191,24 @@ def test_every_site_file_key_is_documented():
         keys |= set(_keys(model, f"plugins.{name}")) if model else set()
     missing = sorted(key for key in keys if f"`{key}`" not in docs)
     assert not missing, f"docs/sites.md does not document: {missing}"
+
+
+@pytest.mark.parametrize("how, expected", [
+    ({}, "sites/demo.yaml"),
+    ({"env": {"FILMLESS_SITE": "sites/radnet.yaml"}}, "sites/radnet.yaml"),
+    ({"env": {"SITE": "sites/other.yaml"}}, "sites/other.yaml"),
+    ({"args": ["SITE=sites/other.yaml"], "env": {"FILMLESS_SITE": "sites/radnet.yaml"}}, "sites/other.yaml"),
+])
+def test_make_uses_the_site_it_is_given(how, expected):
+    import os
+    import subprocess
+
+    env = {key: value for key, value in os.environ.items() if key not in ("SITE", "FILMLESS_SITE", "MAKEFLAGS")}
+    # -n prints what would run; the site reaches `check-site` and every filmless command of `run`
+    printed = subprocess.run(["make", "-n", "-s", "check-site", "run", *how.get("args", [])], cwd=ROOT,
+                             env={**env, **how.get("env", {})}, capture_output=True, text=True, check=True).stdout
+    assert f"filmless check-site {expected}\n" in printed
+    probe = subprocess.run(["make", "-s", "--eval", "probe:\n\t@echo $$FILMLESS_SITE", "probe",
+                            *how.get("args", [])], cwd=ROOT, env={**env, **how.get("env", {})},
+                           capture_output=True, text=True, check=True).stdout
+    assert probe == f"{expected}\n"

@@ -2,6 +2,7 @@
 their portal users and invitations, unlocking a sign-in, the queue of account
 requests from a request to an accepted invitation, and ``filmless create-staff``."""
 import io
+import re
 from datetime import date, timedelta
 
 import pytest
@@ -313,6 +314,47 @@ def test_a_request_is_closed_with_a_note_after_confirming(client, session, helpd
     assert events(session, "helpdesk.request_closed")[-1].actor == f"account:{helpdesk.id}"
     assert messages_to(session, "casey.n@example.test") == []
     assert "already been handled" in client.get(f"/staff/requests/{ticket.id}").text
+
+
+def test_help_topics_are_queued_with_their_label_and_closed_with_a_note(client, session, site, helpdesk, casey):
+    from core.identity import registration
+
+    account = open_request(session, name="Account Asker", email="asker@example.test", days_ago=1)
+    details = registration.Details("Visit Asker", date(1975, 9, 30), "visit.asker@example.test", None,
+                                   "My code does not work")
+    assert registration.request_account(session, site=site, details=details, language="en", ip="192.0.2.9",
+                                        topic="visit_code", reference="icode:12") == 0
+    session.commit()
+    ticket = session.scalars(select(AccountRequest).where(AccountRequest.email == "visit.asker@example.test")).one()
+    assert (ticket.topic, ticket.reference, account.topic, account.reference) == (
+        "visit_code", "icode:12", "account", "")
+    [received] = messages_to(session, "visit.asker@example.test")  # not the "request for an account" email
+    assert "request for help" in received.subject and "request for an account" not in received.body_text
+    assert events(session, "account_request.created")[-1].detail == {"topic": "visit_code"}
+    sign_in_as(client, "desk@example.test", PASSWORD)
+    queue = client.get("/staff/requests").text
+    assert re.search(r"Account Asker</a> · <span class=\"topic\">Account request</span>", queue)
+    assert re.search(r"Visit Asker</a> · <span class=\"topic\">Visit code</span>", queue)
+    client.get("/language/es")
+    assert '<span class="topic">Código de visita</span>' in client.get("/staff/requests").text
+    client.get("/language/en")
+    page = client.get(f"/staff/requests/{ticket.id}", params={"patient_id": "MRN-77"}).text
+    assert '<dd id="ticket-topic">Visit code</dd>' in page and "icode:12" in page
+    assert '<p id="fixture-staff-request">visit_code</p>' in page  # the staff_request slot
+    assert "/invite" not in page and "Find the record" not in page  # only accounts are answered by invitation
+    refused = post_form(client, f"/staff/requests/{ticket.id}/invite", {"patient": casey.id, "verified": "yes"})
+    assert refused.status_code == 422 and "Only a request for an account" in refused.text
+    assert "Find the record" in client.get(f"/staff/requests/{account.id}").text
+    closed = post_form(client, f"/staff/requests/{ticket.id}/close", {"note": "New code sent", "confirm": "yes"},
+                       follow_redirects=False)
+    assert closed.headers["location"] == "/staff/requests?done=closed"
+    session.expire_all()
+    assert session.get(AccountRequest, ticket.id).status == "closed"
+
+
+def test_the_staff_patient_page_has_a_slot_for_plugins(client, staff_member, casey):
+    sign_in_as(client, "staff@example.test", PASSWORD)
+    assert '<p id="fixture-staff-patient">MRN-77</p>' in client.get(f"/staff/patients/{casey.id}").text
 
 
 # -- filmless create-staff ---------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_a_patient_shares_two_exams_with_a_password_and_then_turns_the_share_off
         patient.get_by_role("button", name=words["share"], exact=True).click()
         patient.wait_for_url(re.compile(r"/shares/new\?"))
         ticked = patient.locator("input[name=study]:checked")
-        assert ticked.count() == 2 and patient.locator("input[name=study]").count() == 4
+        assert ticked.count() == 2 and patient.locator("input[name=study]").count() == 6
         assert patient.locator("#password").is_checked() and not patient.locator("#download").is_checked()
         assert fits(patient)
         patient.fill("#nickname", nickname)

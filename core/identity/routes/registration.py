@@ -113,17 +113,32 @@ def details(request: Request, session: DbSession, name: Text = "", birth_day: Te
 
 # -- step 2 ---------------------------------------------------------------------------
 
-def _verify_page(request: Request, values: dict | None = None, error: str = ""):
+def _proofs(request: Request) -> list[dict]:
+    """The plugins' proofs, translated, in the order they are offered (before the site's kinds)."""
     runtime = request.app.state.runtime
-    return render(request, "identity/register_verify.html", step=2, steps=STEPS, values=values or {},
-                  error=error, kinds=runtime.site.config.identity.verify_with,
+    return [{"name": proof.name, "label": _(str(proof.label)), "hint": _(str(proof.hint)) if proof.hint else ""}
+            for proof in registration.proofs(runtime.pm, runtime.site)]
+
+
+def _verify_page(request: Request, values: dict | None = None, error: str = "", proofs: list[dict] | None = None):
+    runtime = request.app.state.runtime
+    proofs = _proofs(request) if proofs is None else proofs
+    kinds = runtime.site.config.identity.verify_with
+    values = dict(values or {})
+    values.setdefault("kind", proofs[0]["name"] if proofs else kinds[0])  # the first plugin proof is the default
+    return render(request, "identity/register_verify.html", step=2, steps=STEPS, values=values,
+                  error=error, kinds=kinds, proofs=proofs,
                   challenges=registration.challenges(runtime.pm, runtime.site))
 
 
 @router.get("/register/verify", response_class=HTMLResponse, dependencies=[access.public])
-def verify_form(request: Request, session: DbSession):
+def verify_form(request: Request, session: DbSession, proof: str = ""):
     draft, instead = _draft_at(request, session, 2)
-    return instead or _verify_page(request)
+    if instead:
+        return instead
+    proofs = _proofs(request)
+    chosen = {"kind": proof} if any(offered["name"] == proof for offered in proofs) else {}
+    return _verify_page(request, chosen, proofs=proofs)
 
 
 @router.post("/register/verify", dependencies=[access.public])
@@ -132,9 +147,10 @@ def verify(request: Request, session: DbSession, form: Annotated[FormData, Depen
     if instead:
         return instead
     site = _site(request)
-    kinds = site.config.identity.verify_with
+    proofs = registration.proofs(request.app.state.runtime.pm, site)
+    first = proofs[0].name if proofs else site.config.identity.verify_with[0]
     values = {"last_name": str(form.get("last_name", "")), "number": str(form.get("number", "")),
-              "kind": str(form.get("kind", kinds[0]))}
+              "kind": str(form.get("kind", first))}
     answers = {key.removeprefix("challenge_"): str(value) for key, value in form.items()
                if key.startswith("challenge_")}
     result = registration.verify(session, site=site, draft=draft, kind=values["kind"], number=values["number"],

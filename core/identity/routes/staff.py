@@ -110,7 +110,7 @@ def queue(request: Request, session: DbSession, done: str = ""):
                "handled": _("This request has already been handled.")}
     waiting = staff.open_requests(session)
     return render(request, "identity/staff_requests.html", requests=waiting, notice=notices.get(done, ""),
-                  age=staff.age_in_days)
+                  age=staff.age_in_days, topic_label=staff.topic_label)
 
 
 def _open_request(session, request_id: int) -> AccountRequest:
@@ -128,7 +128,7 @@ def _request_page(request: Request, session, ticket: AccountRequest, *, patient_
         session.commit()  # the lookup is audited
     return render(request, "identity/staff_request.html", ticket=ticket, patient_id=patient_id, matches=matches,
                   error=error, note=note, age=staff.age_in_days(ticket), patient_name=invitations.patient_name,
-                  status_code=status_code)
+                  topic_label=staff.topic_label, status_code=status_code)
 
 
 @router.get("/staff/requests/{request_id}", response_class=HTMLResponse, dependencies=[HELPDESK])

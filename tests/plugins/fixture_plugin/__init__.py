@@ -28,6 +28,7 @@ class Settings(BaseModel):
     greeting: str = "hello"
     fail_at_startup: bool = False
     favourite_colour_challenge: bool = False  # ask "favourite colour" at registration step 2
+    fixture_card_proof: bool = False  # offer "fixture card" (CARD-<patient id>) as a proof at step 2
 
 
 router = APIRouter(prefix="/fixture")
@@ -86,6 +87,10 @@ def template_slot(name, context):
     CALLS["template_slot"].append({"name": name})
     if name == "home_after_intro":
         return f'<p id="fixture-slot">{escape(context["request"].url.path)}</p>'
+    if name == "staff_patient":
+        return f'<p id="fixture-staff-patient">{escape(context["patient"].patient_id)}</p>'
+    if name == "staff_request":
+        return f'<p id="fixture-staff-request">{escape(context["ticket"].topic)}</p>'
     return None
 
 
@@ -129,6 +134,24 @@ class FixtureSms:
 def sms_transports():
     CALLS["sms_transports"].append({})
     return {"fixture_sms": FixtureSms()}
+
+
+FIXTURE_VISIT_COOKIE = "fixture_visit"  # a visit-like session: the cookie names the one study it may see
+
+
+@hookimpl
+def request_principal(request, session):
+    from sqlalchemy import select
+
+    from core.access import Principal
+    from core.studies.models import Study
+
+    study_uid = request.cookies.get(FIXTURE_VISIT_COOKIE)
+    CALLS["request_principal"].append({"cookie": study_uid, "path": request.url.path})
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid)) if study_uid else None
+    if study is None:
+        return None
+    return Principal(kind="visit", id=f"fixture:{study.id}", scope=frozenset({f"study:{study.id}"}))
 
 
 @hookimpl
@@ -184,9 +207,36 @@ def registration_challenge(site):
     return [RegistrationChallenge("favourite_colour", gettext("Your favourite colour"), _colour_is_blue)]
 
 
+def _patient_of_card(session, number, last_name, birth_date):
+    """The fixture's identity card: "CARD-<patient id>" in any case, with the birth date and last name on record."""
+    from sqlalchemy import select
+
+    from core.identity.registration import name_key
+    from core.studies.models import Patient
+
+    CALLS["identity_proofs"].append({"number": number, "last_name": last_name, "birth_date": birth_date})
+    if not number.upper().startswith("CARD-"):
+        return None
+    patient = session.scalar(select(Patient).where(Patient.patient_id == number.upper()[5:]).limit(1))
+    if patient and patient.birth_date == birth_date and name_key(patient.family_name) == name_key(last_name):
+        return patient
+    return None
+
+
 @hookimpl
-def registration_check(patient, birth_date, email):
-    CALLS["registration_check"].append({"patient": patient.patient_id, "birth_date": birth_date, "email": email})
+def identity_proofs(site):
+    from core import IdentityProof
+
+    if not site.plugin_settings["fixture"].fixture_card_proof:
+        return []
+    return [IdentityProof(name="fixture_card", label="Fixture card number", hint="On the back of your fixture card",
+                          find=_patient_of_card)]
+
+
+@hookimpl
+def registration_check(patient, birth_date, email, site):
+    CALLS["registration_check"].append({"patient": patient.patient_id, "birth_date": birth_date, "email": email,
+                                        "site": site.name})
     if patient.issuer == "REFUSE":
         return gettext("Please call the help desk to open your account.")
     return None
@@ -195,33 +245,34 @@ def registration_check(patient, birth_date, email):
 # -- the study store: hold reports flagged "fixture_hold" and images of "HOLD IMAGES" studies --
 
 @hookimpl
-def report_release_at(report, study):
+def report_release_at(report, study, site):
     from datetime import timedelta
 
     from core import ReleaseHold
 
-    CALLS["report_release_at"].append({"category": report.category, "study": study.study_uid})
+    CALLS["report_release_at"].append({"category": report.category, "study": study.study_uid, "site": site.name})
     if "fixture_hold" in report.flags:
         return ReleaseHold(at=report.signed_at + timedelta(hours=72), rule="fixture 72 h", law="the Fixture Act")
     return None
 
 
 @hookimpl
-def images_release_at(study):
+def images_release_at(study, site):
     from datetime import timedelta
 
     from core import ReleaseHold
 
-    CALLS["images_release_at"].append({"study": study.study_uid})
+    CALLS["images_release_at"].append({"study": study.study_uid, "site": site.name})
     if study.description == "HOLD IMAGES":
         return ReleaseHold(at=study.created_at + timedelta(hours=24), rule="fixture images 24 h")
     return None
 
 
 @hookimpl
-def study_ingested(study, patient, instance, new_study):
+def study_ingested(study, patient, instance, new_study, runtime):
     CALLS["study_ingested"].append({"study": study.study_uid, "patient": patient.patient_id,
-                                    "sop_uid": instance.sop_uid, "new_study": new_study})
+                                    "sop_uid": instance.sop_uid, "new_study": new_study,
+                                    "site": runtime.site.name})
     if study.description == "OBSERVER FAILS":
         raise RuntimeError("observer failed on purpose")
 
