@@ -162,7 +162,7 @@ def test_the_readmes_demo_codes_open_their_visits(browser, radnet_url):
         phone.get_by_role("button", name="Close this visit").first.click()
         phone.wait_for_url(radnet_url + "/visit?left=1")
 
-        phone.fill("#code", "kids 2345 wxyz")
+        phone.fill("#code", "teen 2345 wxyz")
         type_birth_date(phone, "1", "6", "2015")
         phone.get_by_role("button", name="See my visit").click()
         phone.wait_for_url(radnet_url + "/visit/exams")

@@ -9,6 +9,7 @@ from datetime import date
 
 import pytest
 from sqlalchemy import select
+from radnet_support import CENTRES
 from support import ingest_file, make_site, messages_to, post_form
 
 from core import clock
@@ -17,14 +18,6 @@ from core.studies.models import Patient, Study
 
 PACS_TOKEN = "radnet-icode-pacs-token"
 PASSWORD = "a long unique passphrase"
-CENTRES = [
-    {"key": "la-westside", "name": "Westside Imaging Center", "state": "CA", "region": "Southern California",
-     "phone": "(310) 555-0142", "institution_names": ["Westside Imaging Center"]},
-    {"key": "austin-north", "name": "North Austin Imaging", "state": "TX", "region": "Central Texas",
-     "phone": "(512) 555-0178", "institution_names": ["North Austin Imaging"]},
-    {"key": "brooklyn-heights", "name": "Brooklyn Heights Radiology", "state": "NY", "region": "New York City",
-     "phone": "(718) 555-0193", "institution_names": ["Brooklyn Heights Radiology"]},
-]
 AUSTIN, BROOKLYN, WESTSIDE = "North Austin Imaging", "Brooklyn Heights Radiology", "Westside Imaging Center"
 CODE_SHAPE = re.compile(r"\b[A-HJKMNP-Z2-9]{4}-[A-HJKMNP-Z2-9]{4}-[A-HJKMNP-Z2-9]{4}\b")
 

@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from radnet_support import CENTRES
 from support import audit_events, ingest_file, make_site, sign_in_as
 
 from core import clock
@@ -38,14 +39,6 @@ TOKEN = "radnet-release-pacs-token"
 LOS_ANGELES = ZoneInfo("America/Los_Angeles")
 SIGNED = datetime(2026, 3, 2, 17, 0, tzinfo=timezone.utc)  # Monday 9 am in Los Angeles
 FINDINGS = "Small nodule in the right upper lobe."
-CENTRES = [
-    {"key": "la-westside", "name": "Westside Imaging Center", "state": "CA", "region": "Southern California",
-     "phone": "(310) 555-0142", "institution_names": ["Westside Imaging Center"]},
-    {"key": "austin-north", "name": "North Austin Imaging", "state": "TX", "region": "Central Texas",
-     "phone": "(512) 555-0178", "institution_names": ["North Austin Imaging"]},
-    {"key": "brooklyn-heights", "name": "Brooklyn Heights Radiology", "state": "NY", "region": "New York City",
-     "phone": "(718) 555-0193", "institution_names": ["Brooklyn Heights Radiology"]},
-]
 PUBLISHED_POLICY = [
     {"name": "Texas reports 4 days after signing", "jurisdictions": ["TX"], "delay_days": 4, "law": "Texas SB 922"},
     {"name": "California reports 4 days after signing", "jurisdictions": ["CA"], "delay_days": 4,
