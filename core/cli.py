@@ -203,11 +203,19 @@ def serve(args) -> int:
 
     from core.app import create_app
 
+    from core.studies import service
+
     _port_free(args.host, args.port)
     runtime = _runtime(args)
+    # a web process killed while receiving (STOW-RS, an upload) left scratch files or uncommitted blobs
+    if removed := service.clear_leftovers(runtime):
+        print(f"removed {removed} leftovers of an interrupted upload", file=sys.stderr)
     app = create_app(runtime.site, runtime)
     print(f"{runtime.site.name}: http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    # X-Forwarded-For/-Proto are believed only from the proxies named in FORWARDED_ALLOW_IPS: a client
+    # reaching the process directly could otherwise choose its own address for the throttles
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
+                proxy_headers=bool(os.environ.get("FORWARDED_ALLOW_IPS")))
     return 0
 
 

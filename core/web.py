@@ -26,6 +26,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+HSTS = "max-age=31536000; includeSubDomains"
 
 
 def template_environment(site, pm) -> jinja2.Environment:
@@ -192,6 +193,10 @@ def install(app: FastAPI, runtime) -> None:
                                 samesite="lax", path="/")
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.url.scheme == "https":  # behind a proxy, uvicorn takes the scheme from X-Forwarded-Proto
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
+        if request.url.path.startswith("/dicomweb/"):  # answers carry health information unless they say otherwise
+            response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Vary", "Cookie, Accept-Language")
         return response
 

@@ -252,6 +252,9 @@ def reactivate(request: Request, session: DbSession, icode_id: int, confirm: Tex
 async def api_reissue(request: Request):
     """A new code for the visit of a study (the front desk's system prints it): {"study_uid": "..."}
     answers {"icode", "expires_at", "visit"}. Earlier codes of that visit stop working."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        # a browser's form post (its body already read by the CSRF check) is not this API's input
+        raise HTTPException(status_code=415, detail=_("Send the body as application/json."))
     try:
         body = await request.json()
     except ValueError:
