@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -184,3 +185,15 @@ def add_linked_patient(session, account_id: int, relationship: str = "self", **f
     session.add(PatientLink(account_id=account_id, patient_ref=patient.id, relationship=relationship,
                             created_at=clock.now()))
     return patient
+
+
+def served(site_file, port: int):
+    """A real ``filmless serve`` of ``site_file`` on ``port``: yields its address, stops it after."""
+    server = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "serve"], cwd=ROOT,
+                              env={**os.environ, "PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(f"{url}/healthz", server)
+    yield url
+    server.send_signal(signal.SIGINT)
+    server.wait(timeout=30)

@@ -2,12 +2,9 @@
 and Debian's chromium driven by Playwright (never a downloaded browser)."""
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import pytest
-from support import ROOT, demo_site_file, filmless, free_port, wait_for
+from support import demo_site_file, filmless, free_port, served
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,15 +31,8 @@ def demo_url(tmp_path_factory):
     site_file = demo_site_file(folder)
     assert filmless("--site", str(site_file), "migrate").returncode == 0
     assert filmless("--site", str(site_file), "seed-demo").returncode == 0
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "serve"], cwd=ROOT,
-                              env={**os.environ, "PORT": str(port)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(f"{url}/healthz", server)
-    yield url
-    server.send_signal(signal.SIGINT)
-    server.wait(timeout=30)
+    yield from served(site_file, free_port())
+
 
 
 @pytest.fixture

@@ -7,16 +7,12 @@ README's demo codes open their visits: the adult's Texas report held, the child'
 open without an account."""
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
 import yaml
-from support import ROOT, filmless, free_port, wait_for, write_site
+from support import ROOT, filmless, free_port, served, write_site
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +32,7 @@ def radnet_url(tmp_path_factory):
     assert filmless("--site", str(site_file), "migrate").returncode == 0
     seeded = filmless("--site", str(site_file), "seed-demo", timeout=180)
     assert seeded.returncode == 0, seeded.stderr
-    server = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "serve"], cwd=ROOT,
-                              env={**os.environ, "PORT": str(port)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(f"{url}/healthz", server)
-    yield url
-    server.send_signal(signal.SIGINT)
-    server.wait(timeout=30)
+    yield from served(site_file, port)
 
 
 def fits(page) -> bool:
