@@ -26,11 +26,15 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The long fuzzing run of the DICOM parser (a short one is part of `make test`):
-# coverage-guided with atheris, FUZZ_RUNS inputs, then the count and what became of them.
+# The long fuzzing runs (short ones are part of `make test`): the DICOM parser, coverage-guided
+# with atheris, FUZZ_RUNS inputs, then the count and what became of them; and the web APIs,
+# SCHEMA_FUZZ_EXAMPLES requests per operation and principal generated from the OpenAPI schema.
 FUZZ_RUNS ?= 1000000
+SCHEMA_FUZZ_EXAMPLES ?= 200
 fuzz: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,redis,fuzz]'
+	FILMLESS_SCHEMA_FUZZ_EXAMPLES=$(SCHEMA_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		tests/security/test_schema_fuzz.py
 	$(BIN)/python tests/security/fuzz_dicom.py --executions $(FUZZ_RUNS)
 
 # Extract every message from Python and templates, update the catalogues

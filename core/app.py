@@ -87,6 +87,9 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
         for router in impl.function() or []:
             _refuse_undeclared(f"plugin '{impl.plugin_name}'", router.routes)
             app.include_router(router)
+    from core.studies import openapi
+
+    openapi.install(app)
     return app
 
 
