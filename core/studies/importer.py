@@ -244,14 +244,23 @@ def _is_zip(path: Path) -> bool:
     return path.suffix.lower() == ".zip"
 
 
-def _folder_items(folder: Path, stack: ExitStack, limit: int, store) -> Iterator[Item]:
+# Far deeper than any disc (PS3.10 allows 8 levels) and than the recursion that reads a folder can go.
+MAX_FOLDER_DEPTH = 64
+
+
+def _folder_items(folder: Path, stack: ExitStack, limit: int, store, depth: int = 0) -> Iterator[Item]:
+    if depth > MAX_FOLDER_DEPTH:
+        yield Item(printable(str(folder)), refusal=_("The folders are nested too deeply; this one was skipped."))
+        return
     dicomdir = _Listings().entry(folder, DICOMDIR)
     if dicomdir is not None and dicomdir.is_file():
         yield from _dicomdir_items(dicomdir, limit)
         return
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.is_symlink():
-            yield from _folder_items(entry, stack, limit, store)
+        if entry.is_symlink():  # inside a tree, a link may lead anywhere (another patient's files)
+            yield Item(printable(str(entry)), refusal=_("The file is a link; it was skipped."))
+        elif entry.is_dir():
+            yield from _folder_items(entry, stack, limit, store, depth + 1)
         elif entry.is_file():
             yield from _path_items(entry, stack, limit, store)
 
