@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pluggy
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from huey import Huey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,7 +64,8 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
         yield
         runtime.close()
 
-    app = FastAPI(title=site.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title=site.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  dependencies=[Depends(web.refuse_nul)])
     app.state.runtime = runtime
     web.install(app, runtime)
     pseudonyms.install(app)  # shares that hide patient details see replacement UIDs only

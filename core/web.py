@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from markupsafe import Markup
@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import core
 from core import access, i18n
+from core.i18n import gettext as _
 from core.identity.security import new_token
 from core.plugins import NavEntry
 
@@ -177,6 +178,14 @@ async def server_error(request: Request, exc: Exception) -> Response:
     if _wants_json(request):
         return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
     return render(request, "error.html", status_code=500, status=500)
+
+
+def refuse_nul(request: Request) -> None:
+    """An app-wide dependency: a NUL character in the address is never meaningful, and PostgreSQL
+    cannot even compare a string holding one, so such a request is refused before anything reads it."""
+    if "\x00" in request.url.path or "\x00" in request.url.query or \
+            any("\x00" in value for _name, value in request.query_params.multi_items()):
+        raise HTTPException(status_code=400, detail=_("The address contains a character that is not allowed."))
 
 
 def install(app: FastAPI, runtime) -> None:
