@@ -65,7 +65,7 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
         runtime.close()
 
     app = FastAPI(title=site.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
-                  dependencies=[Depends(web.refuse_nul)])
+                  dependencies=[Depends(web.refuse_unusable_address)])
     app.state.runtime = runtime
     web.install(app, runtime)
     pseudonyms.install(app)  # shares that hide patient details see replacement UIDs only

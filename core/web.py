@@ -3,6 +3,7 @@ error pages in the reader's language, and the core's own public routes."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -180,12 +181,16 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", status_code=500, status=500)
 
 
-def refuse_nul(request: Request) -> None:
-    """An app-wide dependency: a NUL character in the address is never meaningful, and PostgreSQL
-    cannot even compare a string holding one, so such a request is refused before anything reads it."""
-    if "\x00" in request.url.path or "\x00" in request.url.query or \
-            any("\x00" in value for _name, value in request.query_params.multi_items()):
-        raise HTTPException(status_code=400, detail=_("The address contains a character that is not allowed."))
+# a number longer than this is no id, count or page of ours, and overflows the databases' integers
+TOO_LONG_NUMBER = re.compile(r"^[+-]?\d{19,}$")
+
+
+def refuse_unusable_address(request: Request) -> None:
+    """An app-wide dependency, before any route reads the request: a NUL character (PostgreSQL cannot
+    even compare a string holding one) or a number beyond 64 bits, in the path or the query, is refused."""
+    parts = [*request.url.path.split("/"), *(value for _name, value in request.query_params.multi_items())]
+    if "\x00" in request.url.query or any("\x00" in part or TOO_LONG_NUMBER.match(part) for part in parts):
+        raise HTTPException(status_code=400, detail=_("The address contains a value that is not allowed."))
 
 
 def install(app: FastAPI, runtime) -> None:
