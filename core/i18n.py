@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import io
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -45,6 +46,18 @@ def activate(language: str, timezone: str | None = None) -> None:
     _language.set(language)
     if timezone:
         _timezone.set(timezone)
+
+
+@contextmanager
+def speaking(language: str, timezone: str | None = None):
+    """``activate`` for one request: whoever called the app (a test's client, in the same task)
+    gets its own language back afterwards."""
+    tokens = [(_language, _language.set(language))] + ([(_timezone, _timezone.set(timezone))] if timezone else [])
+    try:
+        yield
+    finally:
+        for variable, token in reversed(tokens):
+            variable.reset(token)
 
 
 def current_language() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 from markupsafe import Markup
 from sqlalchemy import text
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import core
@@ -185,7 +187,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 TOO_LONG_NUMBER = re.compile(r"^[+-]?\d{19,}$")
 
 
-def refuse_unusable_address(request: Request) -> None:
+async def refuse_unusable_address(request: Request) -> None:
     """An app-wide dependency, before any route reads the request: a NUL character (PostgreSQL cannot
     even compare a string holding one) or a number beyond 64 bits, in the path or the query, is refused."""
     parts = [*request.url.path.split("/"), *(value for _name, value in request.query_params.multi_items())]
@@ -193,47 +195,93 @@ def refuse_unusable_address(request: Request) -> None:
         raise HTTPException(status_code=400, detail=_("The address contains a value that is not allowed."))
 
 
+# The middlewares are plain ASGI: every request passes through them, and Starlette's
+# ``@app.middleware("http")`` (a task and a stream per request) cost more than most
+# answers' own work (a cached picture, a QIDO search).
+
+def _csrf_cookie(token: str) -> bytes:
+    cookie = SimpleCookie()
+    cookie[access.CSRF_COOKIE] = token
+    cookie[access.CSRF_COOKIE].update({"path": "/", "secure": True, "httponly": True, "samesite": "lax"})
+    return cookie.output(header="").strip().encode("latin-1")
+
+
+class LanguageCsrfAndHeaders:
+    """The reader's language for the request; its CSRF token (``request.state.csrf_token``,
+    and the cookie that carries it on a first visit); on every answer the security headers,
+    HSTS over HTTPS, ``no-store`` on DICOMweb unless it says otherwise, and ``Vary``."""
+
+    def __init__(self, app, runtime):
+        self.app, self.runtime = app, runtime
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        known = request.cookies.get(access.CSRF_COOKIE)
+        request.state.csrf_token = token = known or new_token()
+        https = scope.get("scheme") == "https"  # behind a proxy, uvicorn takes it from X-Forwarded-Proto
+        dicomweb = scope["path"].startswith("/dicomweb/")  # answers carry health information unless they say otherwise
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if not known:
+                    headers.raw.append((b"set-cookie", _csrf_cookie(token)))
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if https:
+                    headers.setdefault("Strict-Transport-Security", HSTS)
+                if dicomweb:
+                    headers.setdefault("Cache-Control", "no-store")
+                headers.setdefault("Vary", "Cookie, Accept-Language")
+            await send(message)
+
+        with i18n.speaking(language_of(request), self.runtime.site.config.site.timezone):
+            await self.app(scope, receive, send_with_headers)
+
+
+class DicomwebCors:
+    """CORS for /dicomweb only, for the site's ``studies.cors_origins`` (e.g. an OHIF viewer
+    served elsewhere, sending the PACS token). No credentials: cookies stay same-site."""
+
+    def __init__(self, app, origins: frozenset[str]):
+        self.app, self.origins = app, origins
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/dicomweb"):
+            return await self.app(scope, receive, send)
+        request_headers = Headers(scope=scope)
+        origin = request_headers.get("origin")
+        if origin not in self.origins:
+            return await self.app(scope, receive, send)
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in request_headers:
+            preflight = Response(status_code=204, headers={
+                "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type, If-None-Match",
+                "Access-Control-Max-Age": "600"})
+            return await preflight(scope, receive, send)
+
+        async def send_with_cors(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Access-Control-Allow-Origin"] = origin
+                headers["Access-Control-Expose-Headers"] = "ETag, Warning, Content-Location"
+                headers["Vary"] = ", ".join(filter(None, [headers.get("Vary"), "Origin"]))
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
 def install(app: FastAPI, runtime) -> None:
     """Templates, language and headers middleware, error pages, static files, core pages."""
     app.state.templates = template_environment(runtime.site, runtime.pm)
 
-    @app.middleware("http")
-    async def language_csrf_and_headers(request: Request, call_next):
-        i18n.activate(language_of(request), runtime.site.config.site.timezone)
-        request.state.csrf_token = request.cookies.get(access.CSRF_COOKIE) or new_token()
-        response = await call_next(request)
-        if access.CSRF_COOKIE not in request.cookies:
-            response.set_cookie(access.CSRF_COOKIE, request.state.csrf_token, secure=True, httponly=True,
-                                samesite="lax", path="/")
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.url.scheme == "https":  # behind a proxy, uvicorn takes the scheme from X-Forwarded-Proto
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-        if request.url.path.startswith("/dicomweb/"):  # answers carry health information unless they say otherwise
-            response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("Vary", "Cookie, Accept-Language")
-        return response
-
-    cors_origins = set(runtime.site.config.studies.cors_origins)
+    app.add_middleware(LanguageCsrfAndHeaders, runtime=runtime)
+    cors_origins = frozenset(runtime.site.config.studies.cors_origins)
     if cors_origins:
-        @app.middleware("http")
-        async def dicomweb_cors(request: Request, call_next):
-            """CORS for /dicomweb only, for the site's ``studies.cors_origins`` (e.g. an OHIF viewer
-            served elsewhere, sending the PACS token). No credentials: cookies stay same-site."""
-            origin = request.headers.get("origin")
-            if origin not in cors_origins or not request.url.path.startswith("/dicomweb"):
-                return await call_next(request)
-            allowed = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-            if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
-                return Response(status_code=204, headers={
-                    **allowed, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                    "Access-Control-Allow-Headers": "Authorization, Accept, Content-Type, If-None-Match",
-                    "Access-Control-Max-Age": "600"})
-            response = await call_next(request)
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "ETag, Warning, Content-Location"
-            response.headers["Vary"] = ", ".join(filter(None, [response.headers.get("Vary"), "Origin"]))
-            return response
+        app.add_middleware(DicomwebCors, origins=cors_origins)  # outside the headers: a preflight gets only its own
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, server_error)

@@ -69,15 +69,21 @@ def _memo(runtime) -> _AuditMemo:
     return runtime.cache("dicomweb_audit_memo", _AuditMemo)
 
 
+def audit_due(runtime, principal: Principal, action: str, study_ids) -> list:
+    """The studies whose ``once_per_window`` event is due now (from now on counted as written):
+    in memory only, so a cached picture learns without the database that it owes none."""
+    actor = actor_of(principal)
+    return [study_id for study_id in study_ids if _memo(runtime).first_in_window((actor, study_id, action))]
+
+
 def audit_access(session: Session, runtime, principal: Principal, action: str, study_ids, *,
                  once_per_window: bool = False, detail: dict | None = None) -> None:
     """One audit event per study served, committed; ``once_per_window`` for the viewer's floods."""
-    actor = actor_of(principal)
+    if once_per_window:
+        study_ids = audit_due(runtime, principal, action, study_ids)
     written = False
     for study_id in study_ids:
-        if once_per_window and not _memo(runtime).first_in_window((actor, study_id, action)):
-            continue
-        audit.record(session, actor=actor, action=action, subject=f"study:{study_id}", detail=detail)
+        audit.record(session, actor=actor_of(principal), action=action, subject=f"study:{study_id}", detail=detail)
         written = True
     if written:
         session.commit()

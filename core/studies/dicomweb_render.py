@@ -16,7 +16,7 @@ from core import access
 from core.db import DbSession
 from core.i18n import gettext as _
 from core.studies import queries, render
-from core.studies.dicomweb import READ, audit_access, visible_study
+from core.studies.dicomweb import READ, audit_access, audit_due, visible_study
 from core.studies.dicomweb_media import parse_accept
 from core.studies.dicomweb_retrieve import INSTANCE, visible_instance
 from core.studies.models import Instance, Series, Study
@@ -99,51 +99,75 @@ def _picture(request: Request, session: Session, study_id: int, instance, frame:
     return Response(data, media_type=render.FORMATS[asked.fmt], headers=headers)
 
 
-# The viewer asks for these by the hundred: each request is one trip to a worker thread
-# (visibility, cache or rendering, audit) instead of one per dependency.
+# The viewer asks for these by the hundred, so a picture already rendered is answered on the
+# event loop after one lookup that decides visibility (a worker-thread trip costs more than that
+# lookup on SQLite); a worker thread only renders, or writes an audit event that is due.
 
 PICTURE_COLUMNS = (Instance.sha256, Instance.blob_key, Instance.rows, Instance.columns, Instance.frames,
                    Study.id.label("study_id"))
 
 
-def _in_thread(request: Request, work) -> Response:
-    with request.app.state.runtime.sessions() as session:
-        return work(session)
+def _source(request: Request, study_uid: str, series_uid: str, sop_uid: str):
+    """What rendering needs of one instance visible to the caller (one query, read-only: it never
+    waits for a writer), or None."""
+    runtime = request.app.state.runtime
+    with runtime.sessions() as session:
+        session.connection(execution_options={"read_only": True})
+        return session.execute(queries.visible_instances(session, access.current_principal(request))
+                               .with_only_columns(*PICTURE_COLUMNS)
+                               .where(Study.study_uid == study_uid, Series.series_uid == series_uid,
+                                      Instance.sop_uid == sop_uid)).first()
 
 
-def _source(request: Request, session: Session, study_uid: str, series_uid: str, sop_uid: str):
-    """What rendering needs of one visible instance, without its header (one light query); 404 if none."""
-    row = session.execute(queries.visible_instances(session, access.current_principal(request))
-                          .with_only_columns(*PICTURE_COLUMNS)
-                          .where(Study.study_uid == study_uid, Series.series_uid == series_uid,
-                                 Instance.sop_uid == sop_uid)).first()
-    if row is None:
+def _record(request: Request, study_id: int, action: str) -> None:
+    runtime = request.app.state.runtime
+    with runtime.sessions() as session:
+        audit_access(session, runtime, access.current_principal(request), action, [study_id])
+
+
+async def _rendered(request: Request, study_uid: str, series_uid: str, sop_uid: str, frame: str = "1") -> Response:
+    asked = _asked(request)
+    runtime = request.app.state.runtime
+    if runtime.engine.dialect.name == "sqlite":
+        source = _source(request, study_uid, series_uid, sop_uid)
+    else:  # a database server is a network trip away: never hold up the event loop for it
+        source = await run_in_threadpool(_source, request, study_uid, series_uid, sop_uid)
+    if source is None or not frame.isdigit() or not 1 <= int(frame) <= max(source.frames, 1):
         raise HTTPException(status_code=404)
-    return row
+    number, action = int(frame), "dicomweb.rendered"
+    options = dict(window=asked.window, function=asked.function, size=asked.size, fmt=asked.fmt,
+                   quality=asked.quality)
+    key = render.cache_key(source, number, **options)
+    headers = {"ETag": render.etag_of(key), "Cache-Control": f"private, max-age={RENDER_MAX_AGE}",
+               "Vary": "Accept, Cookie, Authorization"}
+    known = {value.strip() for value in request.headers.get("if-none-match", "").split(",")}
+    if headers["ETag"] in known or "*" in known:
+        return Response(status_code=304, headers=headers)
+    data = render.cache_of(runtime).get(key)
+    if data is None:
+        def render_and_record() -> Response:
+            try:
+                picture = render.render_frame(runtime, source, number, **options)
+            except render.CannotRender as reason:
+                return JSONResponse({"detail": reason.message}, status_code=422)
+            if audit_due(runtime, access.current_principal(request), action, [source.study_id]):
+                _record(request, source.study_id, action)
+            return Response(picture, media_type=render.FORMATS[asked.fmt], headers=headers)
+
+        return await run_in_threadpool(render_and_record)
+    if audit_due(runtime, access.current_principal(request), action, [source.study_id]):
+        await run_in_threadpool(_record, request, source.study_id, action)
+    return Response(data, media_type=render.FORMATS[asked.fmt], headers=headers)
 
 
 @router.get(INSTANCE + "/rendered", dependencies=READ)
 async def instance_rendered(request: Request, study_uid: str, series_uid: str, sop_uid: str):
-    asked = _asked(request)
-
-    def work(session):
-        source = _source(request, session, study_uid, series_uid, sop_uid)
-        return _picture(request, session, source.study_id, source, 1, asked, "dicomweb.rendered")
-
-    return await run_in_threadpool(_in_thread, request, work)
+    return await _rendered(request, study_uid, series_uid, sop_uid)
 
 
 @router.get(INSTANCE + "/frames/{frame}/rendered", dependencies=READ)
 async def frame_rendered(request: Request, study_uid: str, series_uid: str, sop_uid: str, frame: str):
-    asked = _asked(request)
-
-    def work(session):
-        source = _source(request, session, study_uid, series_uid, sop_uid)
-        if not frame.isdigit() or not 1 <= int(frame) <= max(source.frames, 1):
-            raise HTTPException(status_code=404)
-        return _picture(request, session, source.study_id, source, int(frame), asked, "dicomweb.rendered")
-
-    return await run_in_threadpool(_in_thread, request, work)
+    return await _rendered(request, study_uid, series_uid, sop_uid, frame)
 
 
 def _representative(session: Session, principal, study: Study, series_uid: str | None = None) -> Instance:

@@ -93,7 +93,11 @@ def cache_key(instance: Instance, frame: int, window, function: str, size, fmt: 
 def etag(instance: Instance, frame: int = 1, *, window=None, function: str = "linear", size=None,
          fmt: str = "jpeg", quality: int = 90) -> str:
     """A strong validator of a rendering: same stored file and same parameters, same picture."""
-    key = cache_key(instance, frame, window, function, size, fmt, quality)
+    return etag_of(cache_key(instance, frame, window, function, size, fmt, quality))
+
+
+def etag_of(key: tuple) -> str:
+    """``etag`` of a ``cache_key``."""
     return '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
 
 
