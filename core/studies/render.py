@@ -18,8 +18,10 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from core.i18n import gettext as _
 from core.studies.models import Instance
@@ -144,13 +146,50 @@ def decode(runtime, instance: Instance, frame: int) -> tuple[np.ndarray, Dataset
     if not 1 <= frame <= max(instance.frames, 1):
         raise CannotRender(_("This image has no frame %(frame)s.", frame=frame))
     STATS["decodes"] += 1
-    dataset = Dataset()
     try:
         with open_blob(runtime, instance) as handle:
-            pixels = pixel_array(handle, ds_out=dataset, index=frame - 1)
+            try:
+                found = native_grey_frame(handle, frame - 1)
+            except Exception:  # pydicom's own reading below says what is wrong, if anything
+                found = None
+            if found is None:
+                handle.seek(0)
+                dataset = Dataset()
+                found = pixel_array(handle, ds_out=dataset, index=frame - 1), dataset
     except Exception:  # every decoder failure means the same thing to the reader
         raise CannotRender(_("The image data of this frame is damaged or in a form that cannot be decoded.")) \
             from None
+    return found
+
+
+def native_grey_frame(handle: BinaryIO, index: int) -> tuple[np.ndarray, Dataset] | None:
+    """Frame ``index`` of uncompressed little-endian greyscale pixels (most CT and MR), read
+    straight from its place in the file: the same values as pydicom's ``pixel_array`` (unused
+    high bits cleared as it does), at half its cost. None for every other kind of pixel data."""
+    dataset = dcmread(handle, stop_before_pixels=True)  # leaves the file at the element that stopped it
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    allocated, stored = dataset.get("BitsAllocated"), dataset.get("BitsStored")
+    if (syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or dataset.get("SamplesPerPixel", 1) != 1
+            or allocated not in (8, 16) or not stored or not 0 < stored <= allocated
+            or dataset.get("PixelRepresentation") not in (0, 1) or not dataset.get("Rows") or not dataset.get("Columns")):
+        return None
+    head = handle.read(12 if syntax == ExplicitVRLittleEndian else 8)
+    if head[:4] != b"\xe0\x7f\x10\x00":  # (7FE0,0010) Pixel Data, not Float Pixel Data or another element
+        return None
+    length = int.from_bytes(head[8:12] if syntax == ExplicitVRLittleEndian else head[4:8], "little")
+    shape = (dataset.Rows, dataset.Columns)
+    size = shape[0] * shape[1] * allocated // 8
+    if length == 0xFFFFFFFF or length < (index + 1) * size:
+        return None
+    handle.seek(index * size, 1)
+    data = bytearray(handle.read(size))
+    if len(data) != size:
+        return None
+    kind = "i" if dataset.PixelRepresentation else "u"
+    pixels = np.frombuffer(data, dtype=f"<{kind}{allocated // 8}").reshape(shape)
+    if stored < allocated:  # as pydicom does: the unused bits shifted out (and the sign in)
+        np.left_shift(pixels, allocated - stored, out=pixels)
+        np.right_shift(pixels, allocated - stored, out=pixels)
     return pixels, dataset
 
 
@@ -181,7 +220,11 @@ def to_picture(pixels: np.ndarray, dataset: Dataset, window=None, function: str 
         # every distinct stored value once, through a lookup table: a fraction of the work
         # of transforming each pixel in floating point
         table = _grey(np.arange(lowest, highest + 1, dtype=np.int64), dataset, window, function)
-        grey = table[np.subtract(pixels, lowest, dtype=np.int64)]
+        if pixels.dtype.kind == "u":  # every value is at least ``lowest``: no wider type needed
+            offsets = pixels - pixels.dtype.type(lowest)
+        else:
+            offsets = np.subtract(pixels, lowest, dtype=np.int32 if pixels.dtype.itemsize <= 2 else np.int64)
+        grey = np.take(table, offsets)
     else:
         grey = _grey(pixels, dataset, window, function)
     if photometric == "MONOCHROME1":  # low values are white

@@ -112,6 +112,40 @@ def test_compressed_and_signed_pixels(session, runtime, tmp_path):
     assert grey[0, 0] == 0 and grey[-1, -1] == 255 and 120 <= grey[32, 0] <= 135
 
 
+@pytest.mark.parametrize("layout", ["unsigned 12 of 16, high bits set", "signed 12 of 16", "signed 16",
+                                    "8 bits", "implicit VR, 3 frames", "RGB", "JPEG"])
+def test_frames_read_straight_from_the_file_are_the_values_pydicom_decodes(tmp_path, layout):
+    [ds] = synthetic.study(synthetic.StudySpec(instances=1, modality="MR", rows=8, columns=6,
+                                               frames=3 if "frames" in layout else 1,
+                                               photometric="RGB" if layout == "RGB" else "MONOCHROME2",
+                                               jpeg=layout == "JPEG"))
+    count = ds.get("NumberOfFrames", 1) * 8 * 6
+    raw = (np.arange(count, dtype=np.int16) - count // 2) * 37
+    if layout.startswith("unsigned"):
+        ds.PixelData = (raw.view(np.uint16) | 0xF000).tobytes()  # junk in the unused bits
+    elif layout.startswith("signed"):
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, int(layout.split()[1]), int(layout.split()[1]) - 1
+        ds.PixelData = raw.tobytes()
+    elif layout == "8 bits":
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = (raw % 256).astype(np.uint8).tobytes()
+    elif layout.startswith("implicit"):
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    [path] = synthetic.write([ds], tmp_path)
+    frames = ds.get("NumberOfFrames", 1)
+    for index in range(frames):
+        with open(path, "rb") as handle:
+            found = render.native_grey_frame(handle, index)
+        if layout in ("RGB", "JPEG"):
+            assert found is None  # left to pydicom's decoders
+            continue
+        expected = pydicom.pixels.pixel_array(str(path), index=index)
+        assert found[0].dtype == expected.dtype and np.array_equal(found[0], expected), index
+        assert found[1].Rows == 8 and "PixelData" not in found[1]
+    with open(path, "rb") as handle:
+        assert render.native_grey_frame(handle, frames) is None  # no such frame
+
+
 def test_a_repeated_rendering_comes_from_the_cache(session, runtime, tmp_path):
     instance, _ = one(session, runtime, tmp_path)
     before = render.STATS["decodes"]
