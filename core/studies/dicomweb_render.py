@@ -79,16 +79,20 @@ def _asked(request: Request, default_size: tuple[int, int] | None = None) -> Ask
     return Asked(window, function, size, fmt, quality)
 
 
-def _picture(request: Request, session: Session, study_id: int, instance, frame: int, asked: Asked,
-             action: str) -> Response:
-    """``instance``: an Instance, or a row with the columns ``render`` reads (``PICTURE_COLUMNS``)."""
-    options = dict(window=asked.window, function=asked.function, size=asked.size, fmt=asked.fmt,
-                   quality=asked.quality)
-    tag = render.etag(instance, frame, **options)
-    headers = {"ETag": tag, "Cache-Control": f"private, max-age={RENDER_MAX_AGE}",
+def _validated(request: Request, key: tuple) -> tuple[dict, bool]:
+    """The answer's headers for the rendering ``key``, and whether the browser already has it."""
+    headers = {"ETag": render.etag(key), "Cache-Control": f"private, max-age={RENDER_MAX_AGE}",
                "Vary": "Accept, Cookie, Authorization"}
     known = {value.strip() for value in request.headers.get("if-none-match", "").split(",")}
-    if tag in known or "*" in known:
+    return headers, headers["ETag"] in known or "*" in known
+
+
+def _picture(request: Request, session: Session, study_id: int, instance, frame: int, asked: Asked,
+             action: str) -> Response:
+    options = dict(window=asked.window, function=asked.function, size=asked.size, fmt=asked.fmt,
+                   quality=asked.quality)
+    headers, unchanged = _validated(request, render.cache_key(instance, frame, **options))
+    if unchanged:
         return Response(status_code=304, headers=headers)
     try:
         data = render.render_frame(request.app.state.runtime, instance, frame, **options)
@@ -138,10 +142,8 @@ async def _rendered(request: Request, study_uid: str, series_uid: str, sop_uid: 
     options = dict(window=asked.window, function=asked.function, size=asked.size, fmt=asked.fmt,
                    quality=asked.quality)
     key = render.cache_key(source, number, **options)
-    headers = {"ETag": render.etag_of(key), "Cache-Control": f"private, max-age={RENDER_MAX_AGE}",
-               "Vary": "Accept, Cookie, Authorization"}
-    known = {value.strip() for value in request.headers.get("if-none-match", "").split(",")}
-    if headers["ETag"] in known or "*" in known:
+    headers, unchanged = _validated(request, key)
+    if unchanged:
         return Response(status_code=304, headers=headers)
     data = render.cache_of(runtime).get(key)
     if data is None:

@@ -92,14 +92,9 @@ def cache_key(instance: Instance, frame: int, window, function: str, size, fmt: 
     return (instance.sha256, frame, window, function, size, fmt, quality if fmt == "jpeg" else 0)
 
 
-def etag(instance: Instance, frame: int = 1, *, window=None, function: str = "linear", size=None,
-         fmt: str = "jpeg", quality: int = 90) -> str:
-    """A strong validator of a rendering: same stored file and same parameters, same picture."""
-    return etag_of(cache_key(instance, frame, window, function, size, fmt, quality))
-
-
-def etag_of(key: tuple) -> str:
-    """``etag`` of a ``cache_key``."""
+def etag(key: tuple) -> str:
+    """A strong validator of a rendering (its ``cache_key``): same stored file and same parameters,
+    same picture."""
     return '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
 
 
