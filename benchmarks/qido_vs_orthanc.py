@@ -147,7 +147,7 @@ def main() -> None:
             if filler.exitcode:
                 raise RuntimeError("filling Filmless failed (see above)")
             with ExitStack() as stack:
-                client = stack.enter_context(orthanc.client())
+                client = stack.enter_context(orthanc.lean_client())
                 ways = [("Orthanc POST /tools/find (Expand)", lambda patient: client.post(
                     "/tools/find", json={"Level": "Study", "Query": {"PatientID": patient}, "Expand": True}))]
                 if DICOMWEB_PLUGIN.exists():
@@ -155,7 +155,7 @@ def main() -> None:
                         "/dicom-web/studies", params={"PatientID": patient}, headers=DICOM_JSON)))
                 if filmless_ready:
                     stack.enter_context(filmless)
-                    ours = stack.enter_context(filmless.client())
+                    ours = stack.enter_context(filmless.lean_client())
                     ways.append(("Filmless GET /dicomweb/studies", lambda patient: ours.get(
                         "/dicomweb/studies", params={"PatientID": patient}, headers=DICOM_JSON)))
                 results = measure(ways, patients, per_patient)
