@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from http import HTTPStatus
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -173,8 +174,12 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     # a signed-out reader (e.g. following an emailed link) is offered to sign in and come back
     signed_out = exc.status_code == 403 and getattr(request.state, "principal", None) in (None, access.ANONYMOUS)
     back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    # our own details are sentences already in the reader's language; Starlette's default is the
+    # status phrase in English, and "csrf" a code the template words itself
+    reason = exc.detail if isinstance(exc.detail, str) and exc.detail not in (
+        HTTPStatus(exc.status_code).phrase, "csrf") else ""
     return render(request, "error.html", status_code=exc.status_code, status=exc.status_code, detail=exc.detail,
-                  sign_in_next=safe_next(back) if signed_out and request.method == "GET" else "")
+                  reason=reason, sign_in_next=safe_next(back) if signed_out and request.method == "GET" else "")
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -170,3 +170,10 @@ def test_a_nul_character_or_a_huge_number_in_the_address_is_refused_before_any_r
         answer = client.get(address)
         assert answer.status_code == 400, address
     assert client.get("/dicomweb/studies?PatientID=ab").status_code == 401  # the gate still decides the rest
+
+
+def test_an_error_page_gives_the_reason_of_a_refusal_in_the_readers_language(client):
+    page = client.get("/exams?kind=CT%00")
+    assert page.status_code == 400 and "The address contains a value that is not allowed." in page.text
+    spanish = client.get("/exams?kind=CT%00", headers={"Accept-Language": "es"})
+    assert "La dirección contiene un valor que no está permitido." in spanish.text, spanish.text
