@@ -9,11 +9,16 @@ headers, so laying out a study reads no blob. The DICOMDIR is written by the sam
 """
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import pydicom.fileset
 from pydicom import Dataset
+from pydicom.datadict import keyword_dict
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.fileset import FileInstance, FileSet, RecordNode
@@ -119,7 +124,9 @@ def write_dicomdir(file_set: FileSet, target: Path) -> None:
 def record_source(instance: Instance, series: Series, study: Study, patient: Patient, *, number: int = 1) -> Dataset:
     """A header-only dataset with what a directory record needs, from the stored header;
     Type 1 record attributes the file lacks get the values the database holds."""
-    dataset = _RecordSource.from_json(_without_bulk(instance.header))
+    wanted = record_tags()
+    dataset = _RecordSource.from_json(_without_bulk({tag: value for tag, value in instance.header.items()
+                                                     if tag in wanted}))
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = instance.sop_class_uid
     dataset.file_meta.MediaStorageSOPInstanceUID = instance.sop_uid
@@ -144,6 +151,22 @@ def record_source(instance: Instance, series: Series, study: Study, patient: Pat
     if dataset.get("VerificationFlag") == "VERIFIED" and "VerificationDateTime" not in dataset and observers:
         dataset.VerificationDateTime = observers[-1].get("VerificationDateTime", "")
     return dataset
+
+
+# what record_source itself reads, beside what pydicom's recorders read
+OWN_KEYWORDS = ("ContentSequence", "VerifyingObserverSequence", "VerificationFlag", "VerificationDateTime")
+
+
+@functools.cache
+def record_tags() -> frozenset[str]:
+    """The DICOM JSON tags of every keyword that pydicom's ``fileset`` module names (its
+    directory recorders and the rules choosing a record type), and of ours: only these of a
+    stored header are rebuilt as a dataset. Rebuilding the whole header was the layout's
+    whole cost (~1.2 ms an instance, docs/performance.md)."""
+    tree = ast.parse(inspect.getsource(pydicom.fileset))
+    names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    return frozenset(f"{keyword_dict[name]:08X}" for name in names | set(OWN_KEYWORDS) if name in keyword_dict)
 
 
 def _without_bulk(header: dict) -> dict:
