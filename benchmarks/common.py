@@ -22,11 +22,11 @@ import tempfile
 import threading
 import time
 import uuid
-from urllib.parse import urlencode
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -335,7 +335,7 @@ class Orthanc:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=120, **kwargs)
 
-    def lean_client(self, headers: dict | None = None) -> LeanClient:
+    def lean_client(self, *, headers: dict | None = None) -> LeanClient:
         return LeanClient(self.url, headers)
 
     def __enter__(self) -> "Orthanc":

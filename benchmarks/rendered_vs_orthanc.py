@@ -8,8 +8,9 @@ repeated p50/p95 against 2 ms; asserts nothing.
     .venv/bin/python benchmarks/rendered_vs_orthanc.py [--instances 100] [--repeats 300] [--format jpeg]
 
 Each way is asked through one keep-alive connection of the standard library's ``http.client``
-(see ``common.LeanClient``: httpx's own work per answer would be counted as the server's). Each way has a server of its own (two Orthanc processes, so that one way's requests never
-warm the other's cache of DICOM files) and the ways are asked in turn, request by request,
+(``common.LeanClient``: httpx's own work per answer would be counted as the server's) and has
+a server of its own (two Orthanc processes, so that one way's requests never warm the other's
+cache of DICOM files) and the ways are asked in turn, request by request,
 so that whatever else the machine is doing weighs on all of them alike.
 """
 from __future__ import annotations
@@ -124,7 +125,7 @@ def main() -> None:
                                    headers={"Content-Type": "application/dicom"}).json()["ID"] for path in paths]
             orthanc.stop()  # a new process: its cache of DICOM files starts empty
             orthanc.start()
-            return Way(name, urls_of(ids), stack.enter_context(orthanc.lean_client({"Accept": accept})).get)
+            return Way(name, urls_of(ids), stack.enter_context(orthanc.lean_client(headers={"Accept": accept})).get)
 
         ways = [orthanc_way("Orthanc /instances/{id}/rendered", "orthanc-rest",
                             lambda ids: [f"/instances/{i}/rendered" for i in ids])]
