@@ -151,7 +151,8 @@ class FilmlessExports:
         with runtime.sessions() as session:
             self.study_uids = list(session.scalars(select(Study.study_uid)))
 
-    def run(self, format_name: str, *, zip_level: int = 0) -> int:
+    def run(self, format_name: str, *, zip_level: int = 0) -> Path:
+        """The export's file, ready (the caller deletes it)."""
         from core.studies.exports import service
         from core.studies.exports.models import Export
 
@@ -166,10 +167,7 @@ class FilmlessExports:
             export = session.get(Export, export_id)
             if status != "ready":
                 raise RuntimeError(f"{format_name} export {status}: {export.error}")
-            path = service.file_of(self.runtime, export)
-        size = path.stat().st_size
-        path.unlink()
-        return size
+            return service.file_of(self.runtime, export)
 
     def steps(self) -> list[list]:
         """The steps before any file is copied, each timed alone: the rows, the layout
@@ -177,10 +175,11 @@ class FilmlessExports:
         from sqlalchemy import select
 
         from core.studies.exports import layout, service
+        from core.studies.exports.job import collection_paused
         from core.studies.models import Study
 
         timings = []
-        with self.runtime.sessions() as session:
+        with self.runtime.sessions() as session, collection_paused():  # as in a job
             refs = list(session.scalars(select(Study.id)))
             started = time.perf_counter()
             found = service.rows(session, refs, {})
@@ -190,7 +189,7 @@ class FilmlessExports:
             timings.append(["every blob exists", time.perf_counter() - started])
             started = time.perf_counter()
             _, file_set = layout.lay_out(found)
-            timings.append(["lay_out (FileSet.add per instance)", time.perf_counter() - started])
+            timings.append(["lay_out (directory records per instance)", time.perf_counter() - started])
             target = service.folder(self.runtime) / "DICOMDIR.bench"
             started = time.perf_counter()
             layout.write_dicomdir(file_set, target)
@@ -202,8 +201,11 @@ class FilmlessExports:
 
 def filmless_export(exports: FilmlessExports, format_name: str, zip_level: int = 0) -> tuple[int, float, None]:
     started = time.perf_counter()
-    size = exports.run(format_name, zip_level=zip_level)
-    return size, time.perf_counter() - started, None  # the job fsyncs its file itself
+    path = exports.run(format_name, zip_level=zip_level)
+    seconds = time.perf_counter() - started  # the job fsyncs its file itself; deleting it is not timed
+    size = path.stat().st_size
+    path.unlink()
+    return size, seconds, None
 
 
 def orthanc_download(orthanc: Orthanc, path: str, target: Path) -> tuple[int, float, float]:
@@ -248,8 +250,9 @@ def measure(contenders: list[Contender], rounds: int, scratch: Path, pids: list[
 def profile(exports: FilmlessExports, format_name: str, zip_level: int, lines: int) -> None:
     profiler = cProfile.Profile()
     profiler.enable()
-    exports.run(format_name, zip_level=zip_level)
+    path = exports.run(format_name, zip_level=zip_level)
     profiler.disable()
+    path.unlink()
     print(f"\ncProfile of one {format_name} export (zip_level {zip_level}), by own time:")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
 
@@ -295,7 +298,7 @@ def main() -> None:
             print(f"  read {warm / 2**20:.0f} MB once (both stores) to warm the page cache", flush=True)
 
             exports = FilmlessExports(runtime)
-            exports.run("zip")  # loads code and templates: not measured
+            exports.run("zip").unlink()  # loads code and templates: not measured
             contenders = [Contender(f"Filmless ZIP, zip_level {level}",
                                     lambda level=level: filmless_export(exports, "zip", level))
                           for level in ZIP_LEVELS]

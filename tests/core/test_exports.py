@@ -29,7 +29,7 @@ from core.access import Principal
 from core.app import build_runtime, create_app
 from core.identity import service as identity
 from core.studies import synthetic
-from core.studies.exports import service
+from core.studies.exports import layout, service
 from core.studies.exports.models import Export
 from core.studies.models import Instance, Report, Study
 
@@ -218,6 +218,30 @@ def test_file_ids_follow_ps310_and_a_new_folder_per_patient_study_and_series(ses
     assert all(len(parts) == 5 and all(FILE_ID_PART.fullmatch(part) for part in parts) for parts in ids)
     assert {tuple(parts[1:3]) for parts in ids} == {("PT000000", "ST000000"), ("PT000000", "ST000001")}
     assert len({tuple(parts[1:4]) for parts in ids}) == 5  # CT: 2 image series, SR, PDF; MR: 1
+
+
+def test_the_layouts_directory_records_are_those_pydicoms_own_file_set_makes(session, runtime, tmp_path, exams,
+                                                                               alex):
+    """The layout makes a series' upper records once and stands in for them after; the
+    DICOMDIR must be the one pydicom's ``FileSet.add`` makes of the same instances."""
+    _, patient = alex
+    ingest_exam(session, runtime, tmp_path, patient, series=2, instances=3, description="CT HEAD")
+    found = service.rows(session, list(session.scalars(select(Study.id))), {})
+    entries, file_set = layout.lay_out(found)
+    layout.write_dicomdir(file_set, tmp_path / "ours")
+
+    plain = FileSet()
+    plain.ID = layout.FILE_SET_ID
+    for number, row in enumerate(found, start=1):
+        added = plain.add(layout.record_source(*row, number=number))
+        added.node._record.ReferencedFileID = ["DICOM", *Path(added.FileID).parts]
+    layout.write_dicomdir(plain, tmp_path / "pydicoms")
+
+    ours, pydicoms = (pydicom.dcmread(tmp_path / name) for name in ("ours", "pydicoms"))
+    assert len(entries) == len(found) == 13
+    assert ours.DirectoryRecordSequence == pydicoms.DirectoryRecordSequence
+    assert ours.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity == \
+        pydicoms.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity
 
 
 def test_a_held_report_stays_out_of_a_patients_export_but_not_out_of_staffs(session, runtime, exams):

@@ -3,8 +3,11 @@ shared pieces (DICOMDIR, README, INDEX.HTM, DICOM files with zeroed preambles), 
 progress that the export's page shows while it runs."""
 from __future__ import annotations
 
+import gc
 import re
+import threading
 import time
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +20,29 @@ from core.studies.exports.layout import Entry, ExportFailure
 from core.studies.exports.models import Export
 
 PROGRESS_EVERY = 0.25  # seconds between progress writes: the page polls, the database is not flooded
+_pauses = {"count": 0, "lock": threading.Lock(), "was_enabled": True}
+
+
+@contextmanager
+def collection_paused():
+    """The cyclic garbage collector paused while an export is laid out and written.
+
+    The layout keeps a few hundred thousand small objects alive (pydicom's directory
+    records), so the collector's full passes over the process's heap came due during the
+    job: 0.15 s of a 0.8 s disc image of 500 instances (docs/performance.md). Nothing the
+    job makes needs collecting before it ends. Counted, because a worker runs jobs in threads."""
+    with _pauses["lock"]:
+        if not _pauses["count"]:
+            _pauses["was_enabled"] = gc.isenabled()
+        _pauses["count"] += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _pauses["lock"]:
+            _pauses["count"] -= 1
+            if not _pauses["count"] and _pauses["was_enabled"]:
+                gc.enable()
 
 
 class Job:

@@ -34,7 +34,7 @@ from core.sharing import pseudonyms
 from core.studies import queries
 from core.studies.exports import layout
 from core.studies.exports.formats import CORE_FORMATS
-from core.studies.exports.job import Job
+from core.studies.exports.job import Job, collection_paused
 from core.studies.exports.layout import ExportFailure
 from core.studies.dicom_json import hides_patient
 from core.studies.exports.models import ACTIVE, Export
@@ -190,7 +190,8 @@ def run(runtime, export_id: int) -> str:
     try:
         if not lock.take():
             return "running elsewhere"
-        return _build(runtime, export_id)
+        with collection_paused():
+            return _build(runtime, export_id)
     finally:
         lock.close()
 
