@@ -35,7 +35,7 @@ from core.studies.models import Instance, Report, Study
 
 PASSWORD = "a long unique passphrase"
 FILE_ID_PART = re.compile(r"[A-Z0-9_]{1,8}")
-LEVEL1_NAME = re.compile(r"[A-Z0-9_]{1,8}(\.[A-Z0-9_]{0,3})?(;1)?")
+LEVEL1_NAME = re.compile(r"[A-Z0-9_]{1,8}(\.[A-Z0-9_]{0,3};1)?")  # a folder, or a file: NAME.EXT;1, NAME.;1
 VIEWER = {"start viewer.html": "<html>viewer</html>", "readme-for-the-viewer.txt": "how to use it",
           "lib/dicom-image-reader.js": "// reader", "lib/dicom-image-renderer.js": "// renderer"}
 
@@ -289,7 +289,8 @@ def test_iso_is_an_ihe_pdi_disc_the_disc_tools_read_and_dciodvfy_accepts(session
     assert viewer <= joliet and "/DICOM/PT000000" in joliet
     plain = run_tool("isoinfo", "-f", "-i", iso).stdout.split()  # ISO 9660 level 1 names under them
     assert all(LEVEL1_NAME.fullmatch(part) for name in plain for part in name.strip("/").split("/"))
-    assert {"/VIEWER/LIB/DICOM_IM.JS;1", "/VIEWER/LIB/DICOM__1.JS;1"} <= set(plain)
+    assert {"/VIEWER/LIB/DICOM_IM.JS;1", "/VIEWER/LIB/DICOM__1.JS;1", "/DICOMDIR.;1"} <= set(plain)
+    assert sum(re.fullmatch(r"/DICOM/PT\d{6}/ST\d{6}/SE\d{6}/[A-Z]{2}\d{6}\.;1", name) is not None for name in plain) == 7
 
     summary = run_tool("isoinfo", "-d", "-i", iso).stdout
     assert "Volume id: TEST_DISC" in summary and "Joliet with UCS level 3 found" in summary

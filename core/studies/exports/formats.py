@@ -60,7 +60,9 @@ def build_iso(job) -> None:
             names: tuple[str, ...] | None = None) -> None:
         shown = names or parts
         folder(parts[:-1], shown[:-1])
-        iso_path, joliet_path = "/" + "/".join(parts) + ";1", "/" + "/".join(shown)
+        # ECMA-119 7.5.1: a file identifier always has its "." (DICOMDIR.;1), even with no extension
+        name = parts[-1] if "." in parts[-1] else parts[-1] + "."
+        iso_path, joliet_path = "/" + "/".join((*parts[:-1], name)) + ";1", "/" + "/".join(shown)
         if path is not None:
             disc.add_file(str(path), iso_path, rr_name=shown[-1], joliet_path=joliet_path, file_mode=FILE_MODE)
         else:
