@@ -30,21 +30,30 @@ def _digest(*, seq: int, at, actor: str, action: str, subject: str, detail: dict
 
 def record(session: Session, *, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> AuditEvent:
     """Append one event in the caller's transaction; observers hear of it after commit."""
-    detail = json.loads(json.dumps(detail or {}, default=str))  # stored exactly as hashed
+    return record_many(session, [dict(actor=actor, action=action, subject=subject, detail=detail)])[0]
+
+
+def record_many(session: Session, events: list[dict[str, Any]]) -> list[AuditEvent]:
+    """Append events (each the keyword arguments of ``record``) in order, taking the chain's
+    head once for all of them."""
     head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
     if head is None:
         head = AuditHead(id=1, seq=0, hash=GENESIS)
         session.add(head)
-    fields = dict(seq=head.seq + 1, at=clock.now(), actor=actor, action=action, subject=subject,
-                  detail=detail, prev_hash=head.hash)
-    event_row = AuditEvent(**fields, hash=_digest(**fields))
-    session.add(event_row)
-    head.seq, head.hash = event_row.seq, event_row.hash
+    at, rows = clock.now(), []
+    for event in events:
+        fields = dict(seq=head.seq + 1, at=at, actor=event["actor"], action=event["action"],
+                      subject=event["subject"], detail=json.loads(json.dumps(event.get("detail") or {}, default=str)),
+                      prev_hash=head.hash)  # the detail is stored exactly as hashed
+        rows.append(AuditEvent(**fields, hash=_digest(**fields)))
+        head.seq, head.hash = fields["seq"], rows[-1].hash
+    session.add_all(rows)
     session.flush()
     pm = session.info.get("plugins")
     if pm is not None:  # observers never undo the commit; one failing does not silence the others
-        db.after_commit(session, lambda: call_each(pm, "audit_event_written", strict=False, event=event_row))
-    return event_row
+        for row in rows:
+            db.after_commit(session, lambda row=row: call_each(pm, "audit_event_written", strict=False, event=row))
+    return rows
 
 
 def verify(session: Session) -> tuple[bool, str]:

@@ -19,6 +19,7 @@ import fcntl
 import os
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
@@ -31,6 +32,13 @@ class BlobStore(Protocol):
 
     def put(self, key: str, source: Path) -> None:
         """Move the finished scratch file ``source`` to ``key`` (a blob already there is replaced)."""
+
+    def put_many(self, items: list[tuple[str, Path]]) -> None:
+        """``put`` for several ``(key, source)``; each move is whole, the set is not."""
+
+    def sync(self, sources: list[Path]) -> None:
+        """Make finished scratch files durable ahead of ``put_many``, which then finds them so
+        (and costs less while a database lock may be held)."""
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -136,6 +144,42 @@ def abandoned_claims(store: BlobStore) -> Iterator[Claim]:
             yield Claim(path, path.name[: -len(CLAIM_SUFFIX)].replace("__", "/"), descriptor)
 
 
+_syncing: ThreadPoolExecutor | None = None
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """fsync files or folders side by side: the file system commits its journal once for all
+    of them, where one after another each would wait for a commit of its own."""
+    global _syncing
+    if len(paths) <= 1:
+        for path in paths:
+            _fsync(path)
+        return
+    if _syncing is None:
+        _syncing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+    for done in [_syncing.submit(_fsync, path) for path in paths]:
+        done.result()
+
+
+def _made_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the folders whose entries changed (to sync)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+    return [made.parent for made in missing]
+
+
 class FilesystemBlobs:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -145,16 +189,21 @@ class FilesystemBlobs:
         return self.root / key
 
     def put(self, key: str, source: Path) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(source, target)
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
+        self.put_many([(key, source)])
+
+    def put_many(self, items: list[tuple[str, Path]]) -> None:
+        self.sync([source for _key, source in items])
+        folders: set[Path] = set()
+        for key, source in items:
+            target = self._path(key)
+            if not target.parent.is_dir():
+                folders.update(_made_folders(target.parent))
+            os.replace(source, target)
+            folders.add(target.parent)
+        _fsync_all(sorted(folders))  # the renames (and new folders) survive a power cut
+
+    def sync(self, sources: list[Path]) -> None:
+        _fsync_all(sources)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -195,6 +244,13 @@ class S3Blobs:
     def put(self, key: str, source: Path) -> None:
         self.client.upload_file(str(source), self.bucket, self._key(key))  # S3 objects appear whole or not at all
         Path(source).unlink(missing_ok=True)
+
+    def put_many(self, items: list[tuple[str, Path]]) -> None:
+        for key, source in items:
+            self.put(key, source)
+
+    def sync(self, sources: list[Path]) -> None:
+        pass  # an upload is whole once S3 has answered
 
     def open(self, key: str) -> BinaryIO:
         # Downloaded to a temporary file: pydicom and the renderers need to seek.

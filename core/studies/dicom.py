@@ -190,6 +190,30 @@ def header_json(dataset: Dataset) -> dict:
     return dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
 
 
+def stored_values(header: Header) -> dict:
+    """Every value the store keeps from a header, read once: a value that cannot be decoded
+    refuses the file here, before anything is written."""
+    ds = header.dataset
+    try:
+        family, given = person_name(ds)
+        return dict(
+            study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID), sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID), patient_id=header.text("PatientID", 64),
+            issuer_of_patient_id=header.text("IssuerOfPatientID", 64), family_name=family, given_name=given,
+            birth_date=header.date("PatientBirthDate"), sex=header.text("PatientSex", 16),
+            accession_number=header.text("AccessionNumber", 64) or None, study_date=header.date("StudyDate"),
+            study_time=header.text("StudyTime", 16), study_description=header.text("StudyDescription"),
+            body_part=header.text("BodyPartExamined", 64), institution=header.text("InstitutionName"),
+            referring_physician=header.text("ReferringPhysicianName"), modality=header.text("Modality", 16),
+            series_number=header.number("SeriesNumber"), series_description=header.text("SeriesDescription"),
+            instance_number=header.number("InstanceNumber"), rows=header.number("Rows"),
+            columns=header.number("Columns"), frames=header.number("NumberOfFrames") or 1,
+            transfer_syntax=header.transfer_syntax, size=header.size,
+            header=header_json(ds))
+    except Exception:
+        raise damaged() from None
+
+
 def person_name(dataset: Dataset) -> tuple[str, str]:
     """(family, given) from PatientName, tolerant of odd values."""
     name = dataset.get("PatientName")

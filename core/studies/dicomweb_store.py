@@ -2,13 +2,18 @@
 ``multipart/related; type="application/dicom"``.
 
 The body is read as a stream: each part goes to a scratch file as it arrives (a
-part above ``studies.max_file_mb`` stops being written and is refused), and is
-ingested as soon as it is complete, so a study of any size never sits in memory.
-The answer is the PS3.18 Store Instances Response: 200 all stored, 202 some
+part above ``studies.max_file_mb`` stops being written and is refused), hashed on
+the way, so a study of any size never sits in memory. Complete parts are stored
+in batches while the rest arrives: each batch is the parts that were complete
+when the previous one had been stored (one transaction and one disk sync for
+all of them), so a sender that pauses still has its complete parts stored. The
+answer is the PS3.18 Store Instances Response: 200 all stored, 202 some
 refused, 409 none stored, with a FailureReason (PS3.4 Annex B) per refused part.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 PREAMBLE_END = 132  # 128 bytes of preamble, then "DICM"
+BATCH = 50  # parts at most in one transaction: the write lock is held for its rows only
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Part:
     size: int = 0
     too_big: bool = False
     head: bytes | None = b""  # the first bytes, until it is known whether the preamble is there
+    digest: object = field(default_factory=hashlib.sha256)  # of the bytes written, preamble included
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -68,6 +75,7 @@ class Part:
                 return
             data = self._with_preamble()
         self.handle.write(data)
+        self.digest.update(data)
 
     def _with_preamble(self) -> bytes:
         data, self.head = self.head, None
@@ -77,7 +85,9 @@ class Part:
 
     def finish(self) -> None:
         if self.head is not None and not self.too_big:
-            self.handle.write(self._with_preamble())
+            data = self._with_preamble()
+            self.handle.write(data)
+            self.digest.update(data)
         self.handle.close()
 
 
@@ -155,31 +165,85 @@ def _uids(path: Path) -> tuple[str, str, str]:
 
 def failure_reason(kind: str) -> int:
     """The PS3.4 code for why ``service.ingest`` refused a file (``Ingested.kind``)."""
-    return {"too_large": OUT_OF_RESOURCES, "incomplete": DOES_NOT_MATCH,
+    return {"too_large": OUT_OF_RESOURCES, "unavailable": OUT_OF_RESOURCES, "incomplete": DOES_NOT_MATCH,
             "conflict": PROCESSING_FAILURE}.get(kind, CANNOT_UNDERSTAND)
 
 
-def _ingest(runtime, part: Part, study_uid: str | None, actor: str) -> Outcome:
-    with part.stack:
-        limit_mb = runtime.site.config.studies.max_file_mb
-        sop_class, sop_uid, part_study = _uids(part.path) if (part.too_big or study_uid) else ("", "", "")
-        if part.too_big:
-            return Outcome(sop_class, sop_uid, part_study, failure=OUT_OF_RESOURCES, reason=_(
-                "The file is larger than this site accepts (%(limit)s MB).", limit=limit_mb))
-        part_type = part.headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-        if part_type != "application/dicom":
-            return Outcome("", "", failure=CANNOT_UNDERSTAND, reason=_("A part is not application/dicom."))
-        if study_uid and part_study != study_uid:
-            return Outcome(sop_class, sop_uid, part_study, failure=DOES_NOT_MATCH,
-                           reason=_("The instance belongs to another study than the one in the address."))
-        with runtime.sessions() as session:
-            result = service.ingest(session, part.path, runtime=runtime, actor=actor, source="stow-rs")
-        if result.ok:
-            return Outcome(result.sop_class_uid, result.sop_uid, result.study_uid, result.series_uid)
-        if not result.sop_uid:
-            sop_class, sop_uid, part_study = _uids(part.path)
-        return Outcome(result.sop_class_uid or sop_class, result.sop_uid or sop_uid, result.study_uid or part_study,
-                       failure=failure_reason(result.kind), reason=result.reason)
+def _examine(runtime, part: Part, study_uid: str | None) -> Outcome | service.Arrival:
+    """The part ready for the store, or why it is refused."""
+    if part.too_big:
+        sop_class, sop_uid, part_study = _uids(part.path)
+        return Outcome(sop_class, sop_uid, part_study, failure=OUT_OF_RESOURCES, reason=_(
+            "The file is larger than this site accepts (%(limit)s MB).", limit=runtime.site.config.studies.max_file_mb))
+    part_type = part.headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+    if part_type != "application/dicom":
+        return Outcome("", "", failure=CANNOT_UNDERSTAND, reason=_("A part is not application/dicom."))
+    arrival = service.examine(part.path, runtime=runtime, sha256=part.digest.hexdigest())
+    if study_uid and arrival.fields is not None and arrival.result.study_uid != study_uid:
+        result = arrival.result
+        return Outcome(result.sop_class_uid, result.sop_uid, result.study_uid, failure=DOES_NOT_MATCH,
+                       reason=_("The instance belongs to another study than the one in the address."))
+    return arrival
+
+
+def _outcome(part: Part, result: service.Ingested) -> Outcome:
+    if result.ok:
+        return Outcome(result.sop_class_uid, result.sop_uid, result.study_uid, result.series_uid)
+    sop_class, sop_uid, part_study = ("", "", "") if result.sop_uid else _uids(part.path)
+    return Outcome(result.sop_class_uid or sop_class, result.sop_uid or sop_uid, result.study_uid or part_study,
+                   failure=failure_reason(result.kind), reason=result.reason)
+
+
+def _ingest(runtime, parts: list[Part], study_uid: str | None, actor: str) -> list[Outcome]:
+    """Store complete parts in one transaction (in a worker thread); their scratch files are
+    removed afterwards, whatever became of them."""
+    with ExitStack() as stack:
+        for part in parts:
+            stack.enter_context(part.stack)
+        examined = [_examine(runtime, part, study_uid) for part in parts]
+        arrivals = [found for found in examined if isinstance(found, service.Arrival)]
+        if arrivals:
+            with runtime.sessions() as session:
+                service.ingest_many(session, arrivals, runtime=runtime, actor=actor, source="stow-rs")
+        return [_outcome(part, found.result) if isinstance(found, service.Arrival) else found
+                for part, found in zip(parts, examined)]
+
+
+class Batches:
+    """Complete parts on their way to the store: ``add`` them as they arrive, ``close`` when the
+    body has ended; ``run`` stores them, each batch being what waited while the last was stored."""
+
+    def __init__(self, runtime, study_uid: str | None, actor: str):
+        self.runtime, self.study_uid, self.actor = runtime, study_uid, actor
+        self.waiting: list[Part] = []
+        self.outcomes: list[Outcome] = []
+        self._more = asyncio.Event()
+        self._closed = False
+
+    def add(self, parts: list[Part]) -> None:
+        if parts:
+            self.waiting += parts
+            self._more.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._more.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            while self.waiting:
+                batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
+                self.outcomes += await run_in_threadpool(_ingest, self.runtime, batch, self.study_uid, self.actor)
+            if self._closed:
+                return
+
+    def discard(self) -> None:
+        """Remove the scratch files of parts that were never stored (the store failed)."""
+        for part in self.waiting:
+            part.stack.close()
+        self.waiting = []
 
 
 def _boundary(request: Request) -> str:
@@ -204,21 +268,27 @@ async def _store(request: Request, study_uid: str | None):
     runtime = request.app.state.runtime
     actor = actor_of(access.current_principal(request))
     reader = PartReader(boundary, runtime.blobs, runtime.site.config.studies.max_file_mb * 2**20)
-    outcomes: list[Outcome] = []
+    batches = Batches(runtime, study_uid, actor)
+    storing = asyncio.ensure_future(batches.run())
     try:
         async for chunk in request.stream():
             try:
-                finished = reader.feed(chunk)
+                batches.add(reader.feed(chunk))
             except Exception as error:  # python-multipart on a malformed body
                 log.info("STOW-RS body could not be read: %s", error)
                 raise HTTPException(status_code=400, detail=_("The multipart body could not be read.")) from None
-            for part in finished:
-                outcomes.append(await run_in_threadpool(_ingest, runtime, part, study_uid, actor))
+            if storing.done():
+                break  # the store failed: its error is the answer
     finally:
         reader.close()
-    if not outcomes:
+        batches.close()  # the parts complete so far are stored whatever happened to the body
+        try:
+            await storing
+        finally:
+            batches.discard()
+    if not batches.outcomes:
         raise HTTPException(status_code=400, detail=_("The multipart body has no instances."))
-    return _answer(request, outcomes)
+    return _answer(request, batches.outcomes)
 
 
 def _answer(request: Request, outcomes: list[Outcome]):

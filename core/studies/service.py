@@ -1,24 +1,26 @@
 """Putting studies into the store: DICOM ingest and reports.
 
 Every way in (STOW-RS, C-STORE, ``filmless import``, a plugin's upload) ends in
-``ingest``: header checked, blob moved in atomically, rows upserted in one
-transaction, then the ``study_ingested`` observers and an audit event. Reading
-out is in ``queries``, where release times and the principal's scope apply.
+``ingest`` (one file) or ``ingest_many`` (several, in one transaction): header
+read once and checked (``examine``), rows and audit events written, blobs moved in
+atomically, one commit, then the ``study_ingested`` observers. Reading out is in
+``queries``, where release times and the principal's scope apply.
 
-A blob is put just before its rows commit, under a claim (``blobs.claim``) that
-lasts until the transaction ends: a rollback deletes the blob, and a process
-killed in between leaves an abandoned claim that ``remove_orphans`` settles.
+Blobs move in with their rows (``blobs_in_transaction``). The files are synced
+before the transaction begins, so the database's write lock is not held while the
+disk writes them.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import event, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,11 +28,13 @@ from core import clock
 from core.audit import service as audit
 from core.i18n import gettext as _
 from core.plugins import ReleaseHold, call_each
-from core.studies import blobs, dicom
+from core.studies import dicom
 from core.studies.blobs import scratch_file
+from core.studies.blobs_in_transaction import (blob_key, clear_leftovers, put_in_transaction,  # noqa: F401
+                                               put_many_in_transaction, remove_orphans)
 from core.studies.models import Instance, Patient, Report, Series, Study
 
-_UNSETTLED = "filmless_unsettled_blobs"
+_log = logging.getLogger("filmless.ingest")
 
 
 @dataclass
@@ -51,183 +55,202 @@ class Ingested:
         return self.outcome != "refused"
 
 
-def blob_key(kind: str, name: str) -> str:
-    """A store key from a hash of ``name``, so no UID or file name ever becomes a path."""
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
-    return f"{kind}/{digest[:2]}/{digest[2:4]}/{digest}"
+@dataclass
+class Arrival:
+    """A received file as ``examine`` found it: the values the store keeps (``fields``, None
+    when refused) and what became of it so far (``result``)."""
 
-
-# -- blobs that live or die with a transaction ----------------------------------------------
-
-def put_in_transaction(session: Session, store: blobs.BlobStore, key: str, source: Path) -> None:
-    """Move ``source`` into the store under ``key``; the blob stays only if the session's
-    current transaction commits (a rollback, or closing without commit, deletes it)."""
-    session.connection()  # begin the transaction now if none has begun: its end settles the blob
-    claim = blobs.claim(store, key)
-    try:
-        store.put(key, source)
-    except BaseException:
-        claim.release()
-        raise
-    session.info.setdefault(_UNSETTLED, []).append((store, claim))
-
-
-@event.listens_for(Session, "after_commit")
-def _keep_committed_blobs(session: Session) -> None:
-    if not session.in_nested_transaction():  # a savepoint's commit is not the end yet
-        for _store_, claim in session.info.pop(_UNSETTLED, []):
-            claim.release()
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _delete_uncommitted_blobs(session: Session, transaction) -> None:
-    if transaction.parent is None:
-        for store, claim in session.info.pop(_UNSETTLED, []):
-            try:
-                store.delete(claim.key)
-            finally:
-                claim.release()
-
-
-def remove_orphans(session: Session, runtime) -> int:
-    """Delete blobs that a killed process moved in without committing their rows; run at
-    the start of ``filmless import`` and ``filmless dicom-listen``. Returns how many."""
-    removed = 0
-    store = runtime.blobs
-    for claim in blobs.abandoned_claims(store):
-        try:
-            held = session.scalar(select(Instance.id).where(Instance.blob_key == claim.key).limit(1)) or \
-                session.scalar(select(Report.id).where(Report.pdf_blob_key == claim.key).limit(1))
-            if not held and store.exists(claim.key):
-                store.delete(claim.key)
-                removed += 1
-        finally:
-            claim.release()
-    session.rollback()
-    return removed
-
-
-def clear_leftovers(runtime) -> int:
-    """What a killed process left: half-received scratch files and uncommitted blobs. Safe while
-    other processes receive (it touches only what no living process holds). Returns how many."""
-    removed = blobs.sweep_scratch(runtime.blobs)
-    with runtime.sessions() as session:
-        removed += remove_orphans(session, runtime)
-    return removed
+    path: Path
+    result: Ingested
+    fields: dict | None = None
 
 
 # -- ingest -----------------------------------------------------------------------------------
 
-def ingest(session: Session, path: Path, *, runtime, actor: str = "system", source: str = "import") -> Ingested:
-    """Store one DICOM file (a scratch file the caller owns and removes). Never raises for bad input."""
+def examine(path: Path, *, runtime, sha256: str | None = None) -> Arrival:
+    """Read and check a received file's header, once; ``sha256`` if the receiver hashed the file
+    as it arrived (otherwise it is read again for it). Never raises for bad input."""
     try:
         header = dicom.read_header(Path(path), max_bytes=runtime.site.config.studies.max_file_mb * 2**20)
-        fields = _fields(header)
+        fields = dicom.stored_values(header)
     except dicom.Refused as refusal:
-        return Ingested("refused", reason=str(refusal), kind=refusal.kind)
-    result = Ingested("stored", study_uid=fields["study_uid"], series_uid=fields["series_uid"],
-                      sop_uid=fields["sop_uid"], sop_class_uid=fields["sop_class_uid"])
+        return Arrival(Path(path), Ingested("refused", reason=str(refusal), kind=refusal.kind))
+    fields["sha256"] = sha256 or _sha256(path)
+    return Arrival(Path(path), Ingested("stored", study_uid=fields["study_uid"], series_uid=fields["series_uid"],
+                                        sop_uid=fields["sop_uid"], sop_class_uid=fields["sop_class_uid"]), fields)
+
+
+def ingest(session: Session, path: Path, *, runtime, actor: str = "system", source: str = "import",
+           sha256: str | None = None) -> Ingested:
+    """Store one DICOM file (a scratch file the caller owns and removes). Never raises for bad input."""
+    arrival = examine(path, runtime=runtime, sha256=sha256)
+    if arrival.fields is not None:
+        runtime.blobs.sync([arrival.path])
+        _settle(session, [arrival], runtime=runtime, actor=actor, source=source)
+    return arrival.result
+
+
+def ingest_many(session: Session, arrivals: list[Arrival], *, runtime, actor: str = "system",
+                source: str = "import") -> list[Ingested]:
+    """Store examined files in one transaction, with one commit and one disk sync for all; the
+    result of each, in order. A refused file refuses only itself, and a failure of the store is
+    retried file by file, so that only the files it concerns are refused (kind ``unavailable``)."""
+    waiting = [arrival for arrival in arrivals if arrival.fields is not None]
+    runtime.blobs.sync([arrival.path for arrival in waiting])
+    try:
+        _settle(session, waiting, runtime=runtime, actor=actor, source=source)
+    except Exception:
+        session.rollback()
+        if len(waiting) == 1:
+            _unavailable(waiting[0])
+        else:
+            for arrival in waiting:
+                try:
+                    _settle(session, [arrival], runtime=runtime, actor=actor, source=source)
+                except Exception:
+                    session.rollback()
+                    _unavailable(arrival)
+    return [arrival.result for arrival in arrivals]
+
+
+def _unavailable(arrival: Arrival) -> None:
+    _log.exception("storing %s failed", arrival.result.sop_uid)
+    arrival.result = replace(arrival.result, outcome="refused", kind="unavailable",
+                             reason=_("The store could not keep the file; please send it again later."))
+
+
+def _settle(session: Session, arrivals: list[Arrival], *, runtime, actor: str, source: str) -> None:
+    """Store ``arrivals`` (examined, not refused) in one transaction, and tell the observers."""
+    if not arrivals:
+        return
     for _attempt in range(3):  # two writers creating the same patient or study: the loser retries
         try:
-            return _store(session, path, fields, result, runtime=runtime, actor=actor, source=source)
+            results, stored = _store(session, arrivals, runtime=runtime, actor=actor, source=source)
         except IntegrityError:
             session.rollback()
-            if not Path(path).exists():  # it failed at commit, after its file was moved in (and out again)
-                break
-    return Ingested("refused", reason=_("The file arrived together with another copy of it; please send it again."),
-                    kind="conflict", sop_uid=result.sop_uid)
+            if not all(arrival.path.exists() for arrival in arrivals):
+                break  # it failed at commit, after the files were moved in (and out again)
+            continue
+        for arrival, result in zip(arrivals, results):
+            arrival.result = result
+        for study, patient, instance, new_study in stored:
+            call_each(runtime.pm, "study_ingested", strict=False, study=study, patient=patient, instance=instance,
+                      new_study=new_study, runtime=runtime)
+        return
+    for arrival in arrivals:
+        arrival.result = replace(arrival.result, outcome="refused", kind="conflict", reason=_(
+            "The file arrived together with another copy of it; please send it again."))
 
 
-def _fields(header: dicom.Header) -> dict:
-    """Every value the store keeps from a header, read once: a value that cannot be decoded
-    refuses the file here, before anything is written."""
-    ds = header.dataset
-    try:
-        family, given = dicom.person_name(ds)
-        return dict(
-            study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID), sop_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID), patient_id=header.text("PatientID", 64),
-            issuer_of_patient_id=header.text("IssuerOfPatientID", 64), family_name=family, given_name=given,
-            birth_date=header.date("PatientBirthDate"), sex=header.text("PatientSex", 16),
-            accession_number=header.text("AccessionNumber", 64) or None, study_date=header.date("StudyDate"),
-            study_time=header.text("StudyTime", 16), study_description=header.text("StudyDescription"),
-            body_part=header.text("BodyPartExamined", 64), institution=header.text("InstitutionName"),
-            referring_physician=header.text("ReferringPhysicianName"), modality=header.text("Modality", 16),
-            series_number=header.number("SeriesNumber"), series_description=header.text("SeriesDescription"),
-            instance_number=header.number("InstanceNumber"), rows=header.number("Rows"),
-            columns=header.number("Columns"), frames=header.number("NumberOfFrames") or 1,
-            transfer_syntax=header.transfer_syntax, size=header.size,
-            header=dicom.header_json(ds))
-    except Exception:
-        raise dicom.damaged() from None
+class _Held:
+    """The patients, studies and series one transaction has looked up or made, so that the
+    instances of one study look each up once."""
+
+    def __init__(self, session: Session):
+        self.session, self.patients, self.studies, self.series = session, {}, {}, {}
+
+    def patient(self, issuer: str, patient_id: str) -> Patient | None:
+        if (issuer, patient_id) not in self.patients:
+            self.patients[issuer, patient_id] = find_patient(self.session, issuer, patient_id)
+        return self.patients[issuer, patient_id]
+
+    def study(self, uid: str) -> Study | None:
+        if uid not in self.studies:
+            self.studies[uid] = self.session.scalar(select(Study).where(Study.study_uid == uid))
+        return self.studies[uid]
+
+    def one_series(self, uid: str) -> Series | None:
+        if uid not in self.series:
+            self.series[uid] = self.session.scalar(select(Series).where(Series.series_uid == uid))
+        return self.series[uid]
 
 
-def _store(session: Session, path: Path, fields: dict, result: Ingested, *, runtime, actor, source):
-    if session.scalar(select(Instance.id).where(Instance.sop_uid == result.sop_uid)):
-        session.rollback()  # end the read transaction: nothing changes
-        result.outcome = "duplicate"
-        return result
-    now = clock.now()
-    patient = _patient(session, fields, runtime.site.config.studies, now)
-    study = session.scalar(select(Study).where(Study.study_uid == result.study_uid))
-    new_study = study is None
-    if new_study:
-        study = Study(patient_ref=patient.id, study_uid=result.study_uid, created_at=now,
-                      accession_number=fields["accession_number"], study_date=fields["study_date"],
-                      study_time=fields["study_time"], description=fields["study_description"],
-                      body_part=fields["body_part"], location=fields["institution"],
-                      referring_physician=fields["referring_physician"],
-                      modalities=_merge_modalities("", fields["modality"]))  # so release votes can use it
-        session.add(study)
-        session.flush()
-        _decide_images_release(session, runtime, study)
-    elif study.patient_ref != patient.id:
-        return _refuse(session, result, _("This study is already held for another patient."))
-    series = session.scalar(select(Series).where(Series.series_uid == result.series_uid))
-    if series is None:
-        series = Series(study_ref=study.id, series_uid=result.series_uid, modality=fields["modality"],
-                        series_number=fields["series_number"], description=fields["series_description"],
-                        body_part=fields["body_part"], created_at=now)
-        session.add(series)
-        session.flush()
-        study.series_count += 1
-    elif series.study_ref != study.id:
-        return _refuse(session, result, _("This series is already held in another study."))
-    key = blob_key("dicom", result.sop_uid)
-    instance = Instance(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
-                        transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
-                        rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
-                        size=fields["size"], sha256=_sha256(path), header=fields["header"], created_at=now)
-    session.add(instance)
-    series.instance_count += 1
-    study.instance_count += 1
-    study.modalities = _merge_modalities(study.modalities, series.modality)
-    study.body_part = study.body_part or series.body_part
-    study.updated_at = now
+def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, source: str):
+    """The rows, audit events and blobs of ``arrivals``, committed; (each one's result, and
+    (study, patient, instance, new_study) of each stored one)."""
+    config, now = runtime.site.config.studies, clock.now()
+    results = [replace(arrival.result) for arrival in arrivals]
+    held = set(session.scalars(select(Instance.sop_uid).where(
+        Instance.sop_uid.in_({result.sop_uid for result in results}))))
+    rows, stored, events, blobs_in = _Held(session), [], [], []
+    for arrival, result in zip(arrivals, results):
+        fields = arrival.fields
+        if result.sop_uid in held:  # held already, or an earlier copy in this batch
+            result.outcome = "duplicate"
+            continue
+        issuer = issuer_for(fields["issuer_of_patient_id"], fields["institution"], config)
+        patient, study = rows.patient(issuer, fields["patient_id"]), rows.study(result.study_uid)
+        series = rows.one_series(result.series_uid)
+        if study is not None and (patient is None or study.patient_ref != patient.id):
+            _refused(result, _("This study is already held for another patient."))
+            continue
+        if series is not None and (study is None or series.study_ref != study.id):
+            _refused(result, _("This series is already held in another study."))
+            continue
+        held.add(result.sop_uid)
+        patient = rows.patients[issuer, fields["patient_id"]] = _patient(session, patient, issuer, fields, now)
+        new_study = study is None
+        if new_study:
+            study = rows.studies[result.study_uid] = _new_study(session, runtime, patient, result, fields, now)
+        if series is None:
+            series = rows.series[result.series_uid] = Series(
+                study_ref=study.id, series_uid=result.series_uid, modality=fields["modality"],
+                series_number=fields["series_number"], description=fields["series_description"],
+                body_part=fields["body_part"], created_at=now)
+            session.add(series)
+            session.flush()
+            study.series_count += 1
+        key = blob_key("dicom", result.sop_uid)
+        instance = Instance(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
+                            transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
+                            rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
+                            size=fields["size"], sha256=fields["sha256"], header=fields["header"], created_at=now)
+        session.add(instance)
+        series.instance_count += 1
+        study.instance_count += 1
+        study.modalities = _merge_modalities(study.modalities, series.modality)
+        study.body_part = study.body_part or series.body_part
+        study.updated_at = now
+        events.append(dict(actor=actor, action="study.instance_stored", subject=f"study:{study.id}",
+                           detail={"sop_uid": result.sop_uid, "series_uid": result.series_uid, "source": source}))
+        blobs_in.append((key, arrival.path))
+        stored.append((study, patient, instance, new_study))
+        if result.sop_class_uid == dicom.ENCAPSULATED_PDF or result.sop_class_uid in dicom.SR_CLASSES:
+            _report_from_instance(session, runtime, study, arrival.path, result)
+    if not stored:
+        session.rollback()  # end the transaction: nothing changes
+        return results, stored
     session.flush()
-    audit.record(session, actor=actor, action="study.instance_stored", subject=f"study:{study.id}",
-                 detail={"sop_uid": result.sop_uid, "series_uid": result.series_uid, "source": source})
-    if result.sop_class_uid == dicom.ENCAPSULATED_PDF or result.sop_class_uid in dicom.SR_CLASSES:
-        _report_from_instance(session, runtime, study, path, result)
-    if new_study and runtime.site.config.identity.accounts_at_scan:
+    audit.record_many(session, events)
+    if runtime.site.config.identity.accounts_at_scan:
         from core.identity.registration import activate_at_scan  # identity reads the study models
 
-        activate_at_scan(session, site=runtime.site, patient=patient)
-    put_in_transaction(session, runtime.blobs, key, Path(path))
+        for patient in {id(patient): patient for _study, patient, _instance, new in stored if new}.values():
+            activate_at_scan(session, site=runtime.site, patient=patient)
+    put_many_in_transaction(session, runtime.blobs, blobs_in)
     try:
         session.commit()
     except BaseException:
-        session.rollback()  # the rows are gone, and with them the blob (see put_in_transaction)
+        session.rollback()  # the rows are gone, and with them the blobs (see put_in_transaction)
         raise
-    call_each(runtime.pm, "study_ingested", strict=False, study=study, patient=patient, instance=instance,
-              new_study=new_study, runtime=runtime)
-    return result
+    return results, stored
 
 
-def _refuse(session: Session, result: Ingested, reason: str) -> Ingested:
-    session.rollback()
+def _refused(result: Ingested, reason: str) -> None:
     result.outcome, result.reason, result.kind = "refused", reason, "conflict"
-    return result
+
+
+def _new_study(session: Session, runtime, patient: Patient, result: Ingested, fields: dict, now: datetime) -> Study:
+    study = Study(patient_ref=patient.id, study_uid=result.study_uid, created_at=now,
+                  accession_number=fields["accession_number"], study_date=fields["study_date"],
+                  study_time=fields["study_time"], description=fields["study_description"],
+                  body_part=fields["body_part"], location=fields["institution"],
+                  referring_physician=fields["referring_physician"],
+                  modalities=_merge_modalities("", fields["modality"]))  # so release votes can use it
+    session.add(study)
+    session.flush()
+    _decide_images_release(session, runtime, study)
+    return study
 
 
 def _sha256(path: Path) -> str:
@@ -251,10 +274,7 @@ def issuer_for(issuer_of_patient_id: str, institution: str, config) -> str:
     return issuer_of_patient_id or config.issuers.get(institution) or config.default_issuer
 
 
-def _patient(session: Session, fields: dict, config, now: datetime) -> Patient:
-    issuer = issuer_for(fields["issuer_of_patient_id"], fields["institution"], config)
-    patient = session.scalar(select(Patient).where(Patient.issuer == issuer,
-                                                   Patient.patient_id == fields["patient_id"]))
+def _patient(session: Session, patient: Patient | None, issuer: str, fields: dict, now: datetime) -> Patient:
     if patient is None:
         patient = Patient(issuer=issuer, patient_id=fields["patient_id"], family_name=fields["family_name"],
                           given_name=fields["given_name"], birth_date=fields["birth_date"], sex=fields["sex"],

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from support import audit_events, csrf_token, ingest_file, make_site, sign_in_as
 
 from core import clock
+from core.audit import service as audit
 from core.identity.models import PatientLink
 from core.studies import synthetic
 from core.studies.models import Patient
@@ -347,6 +348,29 @@ def test_stow_stores_all_some_or_none(pacs, session):
                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
     assert garbage.status_code == 409 and value(garbage.json()["00081198"]["Value"][0], "00081197") == 0xC000
     assert stow(pacs, good).status_code == 200  # the same instances again change nothing
+
+
+def test_a_stow_body_is_stored_together_and_a_conflict_refuses_only_its_own_part(pacs, session):
+    held = synthetic.study(synthetic.StudySpec(patient_id="ST-3", instances=1))
+    assert stow(pacs, held).status_code == 200
+    spec = synthetic.StudySpec(patient_id="ST-4", series=2, instances=2)
+    new = synthetic.study(spec)
+    stranger = synthetic.study(synthetic.StudySpec(patient_id="ST-OTHER", study_uid=held[0].StudyInstanceUID,
+                                                   instances=1))[0]  # a study already held for ST-3
+    answer = stow(pacs, [new[0], new[1], stranger, new[2], new[3], new[1]])
+    assert answer.status_code == 202, answer.text
+    failed = answer.json()["00081198"]["Value"]
+    assert [(value(f, "00081155"), value(f, "00081197")) for f in failed] == [(stranger.SOPInstanceUID, 0x0110)]
+    stored = [value(r, "00081155") for r in answer.json()["00081199"]["Value"]]
+    assert stored == [ds.SOPInstanceUID for ds in (new[0], new[1], new[2], new[3], new[1])]  # a copy is no failure
+
+    events = audit_events(session, "study.instance_stored")
+    assert [event.detail["sop_uid"] for event in events[-4:]] == [ds.SOPInstanceUID for ds in new]
+    assert [event.seq for event in events[-4:]] == list(range(events[-4].seq, events[-4].seq + 4))
+    assert audit.verify(session)[0]
+    assert session.scalar(select(Patient).where(Patient.patient_id == "ST-OTHER")) is None
+    metadata = pacs.get(f"/dicomweb/studies/{spec.study_uid}/metadata")
+    assert len(metadata.json()) == 4
 
 
 def test_stow_refuses_wrong_types_strangers_and_oversized_parts(pacs, app, make_account, custom_client):
