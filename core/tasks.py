@@ -16,6 +16,7 @@ def make_huey(site) -> Huey:
 def register_core_tasks(runtime) -> list:
     """The core's own tasks; plugins add theirs through the ``tasks`` hook."""
     from core import notify
+    from core.studies import render
     from core.studies.exports import service as exports
 
     @runtime.huey.task(name="core.ping")
@@ -23,4 +24,9 @@ def register_core_tasks(runtime) -> list:
         """Answer "pong": proves a worker is consuming this site's queue."""
         return "pong"
 
-    return [ping, *notify.register_tasks(runtime), *exports.register_tasks(runtime)]
+    @runtime.huey.task(name=render.RENDER_AHEAD)
+    def render_ahead(instance_ids: list[int]) -> int:
+        """Make the default pictures of newly stored images (``render.render_ahead``)."""
+        return render.render_ahead(runtime, instance_ids)
+
+    return [ping, render_ahead, *notify.register_tasks(runtime), *exports.register_tasks(runtime)]

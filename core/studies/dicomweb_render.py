@@ -145,7 +145,12 @@ async def _rendered(request: Request, study_uid: str, series_uid: str, sop_uid: 
     headers, unchanged = _validated(request, key)
     if unchanged:
         return Response(status_code=304, headers=headers)
-    data = render.cache_of(runtime).get(key)
+    cache = render.cache_of(runtime)
+    data = cache.get(key)
+    if data is None:  # a default picture the worker made ahead, or another process kept
+        data = render.kept_picture(runtime, key)
+        if data is not None:
+            cache.put(key, data)
     if data is None:
         def render_and_record() -> Response:
             try:

@@ -6,11 +6,20 @@ pylibjpeg and Pillow), then: Modality LUT (rescale), VOI (the asked window, else
 file's, else the frame's own range; linear or sigmoid), MONOCHROME1 inverted, colour
 converted to RGB. Results are kept in a bounded in-memory LRU per runtime, so the
 viewer's repeated requests cost no decoding.
+
+A frame's default picture (what ``/rendered`` gives without parameters) is also kept on
+disk beside the blobs (``rendered/``), where every web process finds it: the worker makes
+it for each new image after ingest (``render_ahead``), so even the first request for it
+decodes nothing. Instances never change (a SOP Instance UID is stored once), so a kept
+picture never goes stale; deleting the folder only costs renderings.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import threading
+import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
 from io import BytesIO
@@ -26,6 +35,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from core.i18n import gettext as _
 from core.studies.models import Instance
 
+_log = logging.getLogger("filmless.render")
+
 # Only ``sha256``, ``blob_key``, ``rows``, ``columns`` and ``frames`` of an instance are read here,
 # so a query row with those columns serves as well as an ``Instance``.
 
@@ -34,6 +45,9 @@ FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 FUNCTIONS = ("linear", "sigmoid")
 # Frames decoded since start-up: tests read it to tell a cache hit from a decode.
 STATS = {"decodes": 0}
+DEFAULT_PICTURE = dict(window=None, function="linear", size=None, fmt="jpeg", quality=90)
+_DEFAULT_OPTIONS = (None, "linear", None, "jpeg", 90)  # DEFAULT_PICTURE as cache_key puts it
+RENDER_AHEAD = "core.render_ahead"
 
 
 class CannotRender(Exception):
@@ -122,16 +136,93 @@ def render_frame(runtime, instance: Instance, frame: int = 1, *, window: tuple[f
     quality = min(max(int(quality), 1), 100)
     key = cache_key(instance, frame, window, function, size, fmt, quality)
     cache = cache_of(runtime)
-    found = cache.get(key)
+    found = cache.get(key) or kept_picture(runtime, key)
     if found is not None:
+        cache.put(key, found)
         return found
+    data = _render(runtime, instance, frame, window, function, size, fmt, quality)
+    cache.put(key, data)
+    keep_picture(runtime, key, data)
+    return data
+
+
+def _render(runtime, instance, frame: int, window, function: str, size, fmt: str, quality: int) -> bytes:
     pixels, dataset = decode(runtime, instance, frame)
     picture = to_picture(pixels, dataset, window, function)
     if size:
         picture = fit(picture, size)
-    data = encode(picture, fmt, quality)
-    cache.put(key, data)
-    return data
+    return encode(picture, fmt, quality)
+
+
+# -- default pictures kept on disk ----------------------------------------------------------------
+
+def _kept_path(runtime, key: tuple):
+    """Where the picture ``key`` is kept, if it is a default one and the blob store is on this
+    machine (other pictures are only in memory: the parameters a viewer may send are endless)."""
+    sha256, frame, *options = key
+    if tuple(options) != _DEFAULT_OPTIONS or not sha256:
+        return None
+    return runtime.blobs.local_path(f"rendered/{sha256[:2]}/{sha256}-{frame}.jpg")
+
+
+def kept_picture(runtime, key: tuple) -> bytes | None:
+    """The kept default picture ``key``, or None. A file cut short (a machine that stopped
+    while writing it) does not end as a JPEG does, and counts as none."""
+    path = _kept_path(runtime, key)
+    try:
+        data = path.read_bytes() if path is not None else None
+    except OSError:
+        return None
+    return data if data and data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9" else None
+
+
+def keep_picture(runtime, key: tuple, data: bytes) -> None:
+    """Keep a default picture for every process (no sync: a lost one is rendered again)."""
+    path = _kept_path(runtime, key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{uuid.uuid4().hex}.part")
+        partial.write_bytes(data)
+        os.replace(partial, path)  # a reader sees the whole picture or none
+    except OSError:  # a full disk costs a rendering later, never this answer
+        _log.warning("could not keep the picture %s", path, exc_info=True)
+
+
+def render_ahead(runtime, instance_ids: list[int]) -> int:
+    """Make and keep the default picture of the first frame of each of ``instance_ids`` (the
+    worker's ``core.render_ahead`` task, queued after ingest); how many were made. Images that
+    cannot be rendered are left for ``/rendered`` to explain."""
+    from sqlalchemy import select
+
+    made = 0
+    with runtime.sessions() as session:
+        instances = session.execute(select(Instance.sha256, Instance.blob_key, Instance.rows, Instance.columns,
+                                           Instance.frames)
+                                    .where(Instance.id.in_(instance_ids), Instance.rows.is_not(None))).all()
+    for instance in instances:
+        key = cache_key(instance, 1, **DEFAULT_PICTURE)
+        if _kept_path(runtime, key) is None or kept_picture(runtime, key) is not None:
+            continue
+        try:
+            keep_picture(runtime, key, _render(runtime, instance, 1, **DEFAULT_PICTURE))
+            made += 1
+        except CannotRender:
+            continue
+    return made
+
+
+def queue_render_ahead(runtime, instance_ids: list[int]) -> None:
+    """Ask the worker to ``render_ahead`` these new instances, if their pictures can be kept."""
+    if not instance_ids or runtime.blobs.local_path("rendered") is None:
+        return
+    task = next((task for task in runtime.tasks if getattr(task, "name", None) == RENDER_AHEAD), None)
+    try:
+        if task is not None:
+            task(instance_ids)
+    except Exception:  # the instances are stored: a queue that cannot take this costs renderings only
+        _log.warning("could not queue the rendering of %d new images", len(instance_ids), exc_info=True)
 
 
 def decode(runtime, instance: Instance, frame: int) -> tuple[np.ndarray, Dataset]:

@@ -28,7 +28,7 @@ from core import clock
 from core.audit import service as audit
 from core.i18n import gettext as _
 from core.plugins import ReleaseHold, call_each
-from core.studies import dicom
+from core.studies import dicom, render
 from core.studies.blobs import scratch_file
 from core.studies.blobs_in_transaction import (blob_key, clear_leftovers, put_in_transaction,  # noqa: F401
                                                put_many_in_transaction, remove_orphans)
@@ -136,6 +136,8 @@ def _settle(session: Session, arrivals: list[Arrival], *, runtime, actor: str, s
         for study, patient, instance, new_study in stored:
             call_each(runtime.pm, "study_ingested", strict=False, study=study, patient=patient, instance=instance,
                       new_study=new_study, runtime=runtime)
+        render.queue_render_ahead(runtime, [instance.id for _study, _patient, instance, _new in stored
+                                            if instance.rows and instance.columns])
         return
     for arrival in arrivals:
         arrival.result = replace(arrival.result, outcome="refused", kind="conflict", reason=_(

@@ -206,3 +206,42 @@ def test_rendered_over_http_with_etag_and_thumbnails(app, session, runtime, tmp_
                       url + "/thumbnail"):
         answer = pacs.get(thumbnail)
         assert answer.status_code == 200 and max(Image.open(io.BytesIO(answer.content)).size) <= 200
+
+
+def test_the_worker_makes_new_images_default_pictures_ahead_and_the_web_answers_with_them(app, session, runtime,
+                                                                                         tmp_path):
+    spec = synthetic.StudySpec(instances=2)
+    images = synthetic.study(spec)
+    [broken] = synthetic.study(synthetic.StudySpec(instances=1, jpeg=True, patient_id=spec.patient_id))
+    broken.PixelData = encapsulate([b"\xff\xd8\xff\xdb" + b"\x13" * 100 + b"\xff\xd9"])
+    document = synthetic.pdf_report(spec, synthetic.minimal_pdf("text"))
+    instances = stored(session, runtime, tmp_path, [*images, broken, document])
+    queued = [task for task in runtime.huey.pending() if task.name == render.RENDER_AHEAD]
+    assert sorted(id_ for task in queued for id_ in task.args[0]) == sorted(i.id for i in instances[:3])
+
+    before = render.STATS["decodes"]
+    assert sum(runtime.huey.execute(task) for task in queued) == 2  # the damaged one is left to explain itself
+    assert sum(runtime.huey.execute(task) for task in queued) == 0  # kept already
+    kept = [render.kept_picture(runtime, render.cache_key(i, 1, **render.DEFAULT_PICTURE)) for i in instances[:3]]
+    assert kept[0] and kept[1] and kept[2] is None
+
+    pacs = TestClient(app, base_url="https://testserver", headers={"Authorization": f"Bearer {TOKEN}"})
+    def url(ds):
+        return f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+    decodes = render.STATS["decodes"]
+    first = pacs.get(url(images[0]) + "/rendered")
+    assert first.status_code == 200 and first.content == kept[0]
+    assert render.STATS["decodes"] == decodes  # the worker decoded it, the web process did not
+    assert decodes > before
+
+    folder = runtime.blobs.local_path("rendered")
+    path = next(p for p in folder.rglob("*.jpg") if p.read_bytes() == kept[1])
+    path.write_bytes(kept[1][: len(kept[1]) // 2])  # a machine that stopped while writing it
+    again = pacs.get(url(images[1]) + "/frames/1/rendered")
+    assert again.status_code == 200 and again.content == kept[1] and path.read_bytes() == kept[1]
+    assert render.STATS["decodes"] == decodes + 1
+
+    assert pacs.get(url(images[0]) + "/rendered", params={"window": "40,400"}).status_code == 200
+    assert len(list(folder.rglob("*.jpg"))) == 2  # only default pictures are kept on disk
+    assert pacs.get(url(broken) + "/rendered").status_code == 422
