@@ -7,7 +7,7 @@ FILMLESS_SITE ?= sites/demo.yaml
 SITE ?= $(FILMLESS_SITE)
 export FILMLESS_SITE := $(SITE)
 
-.PHONY: run test fuzz messages check-site clean
+.PHONY: run test fuzz messages check-site ohif-check clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Filmless needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -45,6 +45,11 @@ messages: $(VENV)/.installed
 		--project=Filmless --copyright-holder="Filmless contributors" -o locales/messages.pot core plugins
 	$(BIN)/pybabel --quiet update --init-missing --ignore-obsolete --no-fuzzy-matching -i locales/messages.pot -d locales -l es
 	$(BIN)/pybabel --quiet update --init-missing --ignore-obsolete --no-fuzzy-matching -i locales/messages.pot -d locales -l en
+
+# OHIF Viewer 3 (downloaded once into .cache/, sha512-checked) against a real `filmless serve`:
+# study list, each study's viewport drawn, no DICOMweb request failed. Not part of `make test`.
+ohif-check: $(VENV)/.installed
+	$(BIN)/python checks/ohif_check.py
 
 check-site: $(VENV)/.installed
 	$(BIN)/filmless check-site $(SITE)
