@@ -94,7 +94,9 @@ class ViewerFiles(http.server.SimpleHTTPRequestHandler):
     """The build's files, our ``app-config.js``, and ``index.html`` for any other path (the
     viewer routes in the browser: /viewer?StudyInstanceUIDs=...)."""
 
-    config = b""
+    def __init__(self, *args, config: bytes, **kwargs):
+        self.config = config
+        super().__init__(*args, **kwargs)
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
@@ -138,6 +140,9 @@ def studies(folder: Path) -> list[tuple[str, str, list[Path]]]:
     return made
 
 
+DRAWN = 0.05  # a viewport with less of its area lit is taken for blank
+
+
 def drawn_fraction(png: bytes) -> float:
     """The share of a screenshot's pixels that are not (near) black."""
     import io
@@ -164,9 +169,8 @@ def check(version: str, timeout_ms: int) -> list[str]:
         with filmless.runtime() as runtime:
             stored = ingest_directly(runtime, [path for _, _, paths in made for path in paths])
         print(f"Filmless {filmless.url}: {stored} instances in {len(made)} studies")
-        handler = type("Handler", (ViewerFiles,), {"config": app_config(f"{filmless.url}/dicomweb").encode()})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", viewer_port),
-                                                 functools.partial(handler, directory=str(dist)))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", viewer_port), functools.partial(
+            ViewerFiles, directory=str(dist), config=app_config(f"{filmless.url}/dicomweb").encode()))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         print(f"OHIF {version} {viewer_origin}")
         with filmless, sync_playwright() as playwright:
@@ -187,7 +191,7 @@ def check(version: str, timeout_ms: int) -> list[str]:
                     viewport.wait_for(timeout=timeout_ms)
                     for _ in range(timeout_ms // 500):
                         fraction = drawn_fraction(viewport.screenshot())
-                        if fraction > 0.05:
+                        if fraction > DRAWN:
                             break
                         page.wait_for_timeout(500)
                 except Exception as exc:
@@ -195,7 +199,7 @@ def check(version: str, timeout_ms: int) -> list[str]:
                     continue
                 page.screenshot(path=str(shots / f"{name.split(', ')[1].lower()}.png"))
                 print(f"{name}: viewport {fraction:.0%} drawn ({len(paths)} files)")
-                if fraction <= 0.05:
+                if fraction <= DRAWN:
                     problems.append(f"{name}: the viewport stayed blank")
             # OHIF takes ?token= on its viewer route only: reach the list from there without a reload
             page.evaluate("history.pushState({}, '', '/'); dispatchEvent(new PopStateEvent('popstate'))")
