@@ -349,10 +349,11 @@ class Orthanc:
 
 class Filmless:
     """A Filmless site of its own (SQLite, blobs on disk, no plugins, a PACS token) served by a
-    real ``filmless serve`` process on a free loopback port."""
+    real ``filmless serve`` on a free loopback port (``processes`` web processes)."""
 
-    def __init__(self, folder: Path, **overrides):
+    def __init__(self, folder: Path, *, processes: int = 1, **overrides):
         self.folder = Path(folder)
+        self.processes = processes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -382,7 +383,8 @@ class Filmless:
             raise RuntimeError(f"filmless migrate failed: {done.stderr}")
 
     def start(self) -> "Filmless":
-        self.process = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(self.site_file), "serve"],
+        self.process = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(self.site_file), "serve",
+                                         "--processes", str(self.processes)],
                                         cwd=ROOT, env={**os.environ, "PORT": str(self.port)},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_for(f"{self.url}/healthz", self.process)

@@ -34,8 +34,8 @@ def stow(client, body: tuple[bytes, str], path: str):
     return client.post(path, content=content, headers={"Content-Type": content_type, "Accept": STOW})
 
 
-def filmless_pass(folder: Path, bodies, clients: int, warm_up: bytes) -> tuple[float, object, int]:
-    with Filmless(folder) as server:
+def filmless_pass(folder: Path, bodies, clients: int, warm_up: bytes, processes: int) -> tuple[float, object, int]:
+    with Filmless(folder, processes=processes) as server:
         with server.client() as client:
             stow(client, multipart_related([warm_up]), "/dicomweb/studies").raise_for_status()
         seconds, latency = run_clients(clients, bodies, lambda c, body: stow(c, body, "/dicomweb/studies"),
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="rows and columns (16-bit pixels)")
     parser.add_argument("--batch", type=int, default=10, help="instances per STOW request in the batched passes")
     parser.add_argument("--clients", default="1,4")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="Filmless web processes in the passes with more than one client (one per core)")
     args = parser.parse_args()
     client_counts = [int(value) for value in args.clients.split(",")]
 
@@ -96,11 +98,15 @@ def main() -> None:
             if filmless_ready:
                 plan += [("Filmless STOW-RS", "filmless", 1, singles, True),
                          ("Filmless STOW-RS", "filmless", args.batch, batched, True)]
+                if clients > 1 and args.processes > 1:
+                    name = f"Filmless STOW-RS, {args.processes} processes"
+                    plan += [(name, "filmless", 1, singles, True), (name, "filmless", args.batch, batched, True)]
             for number, (name, server, per_request, jobs, via_stow) in enumerate(plan):
                 folder = root / f"{server}-{clients}-{number}"
                 print(f"  {name}, {per_request} per request, {clients} client(s)…", flush=True)
                 if server == "filmless":
-                    seconds, latency, held = filmless_pass(folder, jobs, clients, warm_up)
+                    processes = args.processes if "processes" in name else 1
+                    seconds, latency, held = filmless_pass(folder, jobs, clients, warm_up, processes)
                 else:
                     seconds, latency, held = orthanc_pass(folder, jobs, clients, warm_up, via_stow=via_stow)
                 passes.append((name, clients, per_request, Throughput(len(files), size, seconds, latency), held))
@@ -127,6 +133,15 @@ def main() -> None:
                              ("Filmless STOW-RS", clients, 1), ("Orthanc STOW-RS", clients, 1)),
                             (f"Filmless STOW-RS vs Orthanc STOW-RS, {args.batch}/request",
                              ("Filmless STOW-RS", clients, args.batch), ("Orthanc STOW-RS", clients, args.batch))]
+        if clients > 1 and args.processes > 1:
+            many = f"Filmless STOW-RS, {args.processes} processes"
+            comparisons += [(f"{many}, 1/request vs Orthanc POST /instances",
+                             (many, clients, 1), ("Orthanc POST /instances", clients, 1)),
+                            (f"{many}, {args.batch}/request vs Orthanc POST /instances",
+                             (many, clients, args.batch), ("Orthanc POST /instances", clients, 1))]
+            if orthanc_stow:
+                comparisons += [(f"{many} vs Orthanc STOW-RS, {args.batch}/request",
+                                 (many, clients, args.batch), ("Orthanc STOW-RS", clients, args.batch))]
         for label, ours, theirs in comparisons:
             ratio = by_key[ours].per_second / by_key[theirs].per_second
             ratios.append([label, clients, ratio, target, verdict(ratio, target)])

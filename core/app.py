@@ -2,6 +2,7 @@
 module-level state: tests build several apps with different sites in one process."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import pluggy
@@ -92,6 +93,14 @@ def create_app(site: Site, runtime: Runtime | None = None) -> FastAPI:
 
     openapi.install(app)
     return app
+
+
+def app_of_environment_site() -> FastAPI:
+    """The app of the site file named by $FILMLESS_SITE: what each of several web processes
+    builds for itself (``filmless serve --processes N``, which has checked the site and schema)."""
+    from core.site import load_site
+
+    return create_app(load_site(os.environ["FILMLESS_SITE"]))
 
 
 def _refuse_undeclared(owner: str, routes) -> None:

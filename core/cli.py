@@ -48,6 +48,12 @@ def _check_ready(args) -> None:
         engine.dispose()
 
 
+def _at_least_one(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def _port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -210,12 +216,20 @@ def serve(args) -> int:
     # a web process killed while receiving (STOW-RS, an upload) left scratch files or uncommitted blobs
     if removed := service.clear_leftovers(runtime):
         print(f"removed {removed} leftovers of an interrupted upload", file=sys.stderr)
-    app = create_app(runtime.site, runtime)
-    print(f"{runtime.site.name}: http://{args.host}:{args.port}/", flush=True)
+    print(f"{runtime.site.name}: http://{args.host}:{args.port}/"
+          + (f" ({args.processes} web processes)" if args.processes > 1 else ""), flush=True)
     # X-Forwarded-For/-Proto are believed only from the proxies named in FORWARDED_ALLOW_IPS: a client
     # reaching the process directly could otherwise choose its own address for the throttles
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                proxy_headers=bool(os.environ.get("FORWARDED_ALLOW_IPS")))
+    options = dict(host=args.host, port=args.port, log_level="info",
+                   proxy_headers=bool(os.environ.get("FORWARDED_ALLOW_IPS")))
+    if args.processes == 1:
+        uvicorn.run(create_app(runtime.site, runtime), **options)
+        return 0
+    # each process builds its own runtime from the site file; everything they share (sessions,
+    # throttles, the audit chain, pictures made ahead) is in the database or the blob store
+    runtime.close()
+    os.environ["FILMLESS_SITE"] = str(Path(args.site).resolve())
+    uvicorn.run("core.app:app_of_environment_site", factory=True, workers=args.processes, **options)
     return 0
 
 
@@ -260,6 +274,9 @@ def parser() -> argparse.ArgumentParser:
     def web_options(command):
         command.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         command.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        command.add_argument("--processes", type=_at_least_one, default=os.environ.get("WEB_PROCESSES", "1"),
+                             help="web server processes sharing the port, e.g. one per core "
+                                  "(default: $WEB_PROCESSES or 1)")
 
     def worker_options(command):
         command.add_argument("--workers", type=int, default=2, help="worker threads (default: %(default)s)")
