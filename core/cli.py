@@ -247,15 +247,42 @@ def worker(args) -> int:
 
 
 def run(args) -> int:
-    """Web, worker and DICOM listener together; Ctrl-C stops them all."""
+    """Web, worker and DICOM listener together; Ctrl-C, SIGTERM or SIGHUP stops them all."""
     _port_free(args.host, args.port)
     _check_ready(args)  # refuse to start anything if the site or schema is wrong
     env = {**os.environ, "FILMLESS_SITE": args.site}
-    children = [subprocess.Popen([sys.executable, "-m", "core.cli", *command], env=env)
-                for command in (["worker", "--workers", str(args.workers)], ["dicom-listen"])]
+    children = []
+    started = stopping = False
+
+    # `kill`, `timeout`, make and a closed terminal send SIGTERM or SIGHUP, whose default action
+    # ends this process without the `finally` that stops the children (uvicorn, too, re-raises
+    # SIGTERM after its own graceful stop); and a signal while a child is being started would
+    # lose that child. So all three stop everything as Ctrl-C does, once: make passes its SIGTERM
+    # on to a process that had `timeout`'s already, a second Ctrl-C must not cut the stop short.
+    def stop(signum, frame):
+        nonlocal stopping
+        if signum != signal.SIGINT and signal.getsignal(signal.SIGINT) is not stop:
+            signal.raise_signal(signal.SIGINT)  # uvicorn's while it serves: its graceful stop
+        elif not stopping:
+            stopping = True
+            if started:
+                raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if sig == signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN}  # nohup is obeyed
     try:
+        for command in (["worker", "--workers", str(args.workers)], ["dicom-listen"]):
+            # in a process group of their own, signals sent to this one's (Ctrl-C, `timeout`, a
+            # closed terminal) reach them only as the SIGINT below; huey would stop at once on
+            # SIGTERM and restart itself on SIGHUP
+            children.append(subprocess.Popen([sys.executable, "-m", "core.cli", *command], env=env,
+                                             process_group=0))
+        started = True
+        if stopping:
+            raise KeyboardInterrupt
         return serve(args)
     finally:
+        stopping = True
         for child in children:
             child.send_signal(signal.SIGINT)
         for child in children:
@@ -263,6 +290,9 @@ def run(args) -> int:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -91,6 +91,49 @@ def test_filmless_run_serves_both_languages_and_stops_cleanly(tmp_path):
     assert not any(alive(worker) for worker in workers)
 
 
+@pytest.mark.parametrize("signum, when", [(signal.SIGTERM, "serving"), (signal.SIGHUP, "serving"),
+                                           (signal.SIGTERM, "starting")], ids=["term", "hup", "term_at_start_up"])
+def test_sigterm_or_sighup_to_filmless_run_stops_all_three_as_ctrl_c_does(tmp_path, signum, when):
+    # what `kill`, `timeout 30 make run` (make passes SIGTERM on) and a closed terminal send
+    listener_port = free_port()
+    site_file = demo_site_file(tmp_path, studies={"dicom": {"port": listener_port}})
+    assert filmless("--site", str(site_file), "migrate").returncode == 0
+    port = free_port()
+    run = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "run"], cwd=ROOT,
+                           env={**os.environ, "PORT": str(port)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        if when == "serving":
+            wait_for(f"http://127.0.0.1:{port}/healthz", run)
+            wait_for_port(listener_port)
+            runtime = build_runtime(load_site(site_file))
+            try:  # the worker consumes
+                ping = next(t for t in runtime.tasks if t.name == "core.ping")
+                assert ping().get(blocking=True, timeout=60) == "pong"
+            finally:
+                runtime.close()
+            workers = children(run.pid)
+        else:  # the worker and the listener are started, the web server not yet
+            deadline = time.monotonic() + 30
+            while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
+                workers = children(run.pid)
+        assert len(workers) == 2 and all(alive(worker) for worker in workers)
+        run.send_signal(signum)
+        run.wait(timeout=10)  # the children stop gracefully in a second or two; 15 s each before a kill
+    finally:
+        survivors = [worker for worker in workers if alive(worker)]
+        for process in survivors:
+            os.kill(process, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert survivors == []
+    assert run.returncode in (0, 130)  # as after Ctrl-C: 130 if stopped before it served
+    if when == "serving":  # the worker was asked to finish, not cut short or restarted
+        assert "Shutting down gracefully" in run.stderr.read()
+
+
 def wait_for_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
