@@ -88,6 +88,7 @@ def main() -> None:
     orthanc_stow = DICOMWEB_PLUGIN.exists()
 
     singles, batched = stow_bodies(files, 1), stow_bodies(files, args.batch)
+    many = f"Filmless STOW-RS, {args.processes} processes"
     passes = []  # (name, server, clients, per request, result)
     with workspace("ingest") as root:
         for clients in client_counts:
@@ -96,19 +97,18 @@ def main() -> None:
                 plan += [("Orthanc STOW-RS", "orthanc", 1, singles, True),
                          ("Orthanc STOW-RS", "orthanc", args.batch, batched, True)]
             if filmless_ready:
-                plan += [("Filmless STOW-RS", "filmless", 1, singles, True),
-                         ("Filmless STOW-RS", "filmless", args.batch, batched, True)]
+                plan += [("Filmless STOW-RS", "filmless", 1, singles, 1),
+                         ("Filmless STOW-RS", "filmless", args.batch, batched, 1)]
                 if clients > 1 and args.processes > 1:
-                    name = f"Filmless STOW-RS, {args.processes} processes"
-                    plan += [(name, "filmless", 1, singles, True), (name, "filmless", args.batch, batched, True)]
-            for number, (name, server, per_request, jobs, via_stow) in enumerate(plan):
+                    plan += [(many, "filmless", 1, singles, args.processes),
+                             (many, "filmless", args.batch, batched, args.processes)]
+            for number, (name, server, per_request, jobs, how) in enumerate(plan):  # how: via STOW / processes
                 folder = root / f"{server}-{clients}-{number}"
                 print(f"  {name}, {per_request} per request, {clients} client(s)…", flush=True)
                 if server == "filmless":
-                    processes = args.processes if "processes" in name else 1
-                    seconds, latency, held = filmless_pass(folder, jobs, clients, warm_up, processes)
+                    seconds, latency, held = filmless_pass(folder, jobs, clients, warm_up, how)
                 else:
-                    seconds, latency, held = orthanc_pass(folder, jobs, clients, warm_up, via_stow=via_stow)
+                    seconds, latency, held = orthanc_pass(folder, jobs, clients, warm_up, via_stow=how)
                 passes.append((name, clients, per_request, Throughput(len(files), size, seconds, latency), held))
 
     rows = [[name, clients, per_request, result.per_second, result.mb_per_second, result.latency.p50_ms,
@@ -134,7 +134,6 @@ def main() -> None:
                             (f"Filmless STOW-RS vs Orthanc STOW-RS, {args.batch}/request",
                              ("Filmless STOW-RS", clients, args.batch), ("Orthanc STOW-RS", clients, args.batch))]
         if clients > 1 and args.processes > 1:
-            many = f"Filmless STOW-RS, {args.processes} processes"
             comparisons += [(f"{many}, 1/request vs Orthanc POST /instances",
                              (many, clients, 1), ("Orthanc POST /instances", clients, 1)),
                             (f"{many}, {args.batch}/request vs Orthanc POST /instances",

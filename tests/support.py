@@ -3,6 +3,7 @@ the fixture plugin, and running the ``filmless`` command as a real process."""
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
 import signal
@@ -197,3 +198,28 @@ def served(site_file, port: int):
     yield url
     server.send_signal(signal.SIGINT)
     server.wait(timeout=30)
+
+
+def children(pid: int) -> list[int]:
+    """The live process ``pid``'s child processes, from /proc."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def multipart_body(datasets, boundary="stow-boundary-1") -> tuple[bytes, str]:
+    """A STOW-RS body of ``datasets`` and its Content-Type."""
+    body = b""
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buffer.getvalue() + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'

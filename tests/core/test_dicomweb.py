@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.encaps import encapsulate
 from sqlalchemy import select
-from support import audit_events, csrf_token, ingest_file, make_site, sign_in_as
+from support import audit_events, csrf_token, ingest_file, make_site, multipart_body, sign_in_as
 
 from core import clock
 from core.audit import service as audit
@@ -300,16 +300,6 @@ def test_an_undecodable_frame_is_a_clear_422(pacs, session, runtime, tmp_path):
     assert rendered.status_code == 422 and "cannot be decoded" in rendered.json()["detail"]
     raw = pacs.get(url + "/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'})
     assert raw.status_code == 200  # as stored it is only bytes: the client may try its own decoder
-
-
-def multipart_body(datasets, boundary="stow-boundary-1") -> tuple[bytes, str]:
-    body = b""
-    for ds in datasets:
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buffer.getvalue() + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def stow(client, datasets, path="/dicomweb/studies", **headers):

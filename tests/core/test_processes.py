@@ -6,30 +6,16 @@ import subprocess
 import time
 import socket
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import text
-from support import ROOT, demo_site_file, filmless, free_port, wait_for
+from support import ROOT, alive, children, demo_site_file, filmless, free_port, wait_for
 
 from core.app import build_runtime
 from core.site import load_site
 
 pytestmark = pytest.mark.slow
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_a_real_consumer_runs_plugin_tasks(runtime):

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from support import ROOT, demo_site_file, filmless, free_port, wait_for
+from support import ROOT, alive, children, demo_site_file, filmless, free_port, multipart_body, wait_for
 
 from core.app import build_runtime
 from core.site import load_site
@@ -22,16 +22,7 @@ CLIENTS, REQUESTS_EACH = 4, 12
 
 def web_processes(pid: int) -> list[int]:
     """The server processes uvicorn started (not multiprocessing's resource tracker)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    found = [int(p) for p in path.read_text().split()] if path.exists() else []
-    return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    return [child for child in children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def cpu_ticks(pid: int) -> int:
@@ -39,18 +30,11 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def stow_body(path: Path) -> tuple[bytes, str]:
-    boundary = "filmless-test-boundary"
-    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes()
-            + f"\r\n--{boundary}--\r\n".encode())
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
 def test_several_web_processes_share_the_port_the_store_and_the_audit_chain(tmp_path):
     site_file = demo_site_file(tmp_path)
     assert filmless("--site", str(site_file), "migrate").returncode == 0
     spec = synthetic.StudySpec(patient_id="WP-1", instances=CLIENTS * REQUESTS_EACH, rows=128, columns=128)
-    bodies = [stow_body(path) for path in synthetic.write(synthetic.study(spec), tmp_path / "dicom")]
+    bodies = [multipart_body([dataset]) for dataset in synthetic.study(spec)]
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "core.cli", "--site", str(site_file), "serve", "--processes", "2"],
                               cwd=ROOT, env={**os.environ, "PORT": str(port)},
