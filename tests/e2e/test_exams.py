@@ -4,12 +4,9 @@ whose exams to see. No page may scroll sideways."""
 import re
 
 import pytest
+from browsing import fits, pictures_decoded
 
 pytestmark = pytest.mark.slow
-
-
-def fits(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth") <= 360
 
 
 def sign_in(page, demo_url: str, email: str, password: str) -> None:
@@ -62,10 +59,7 @@ def test_the_demo_patient_reads_a_report_and_sees_thumbnails_on_a_phone(phone, d
     phone.get_by_role("link", name="Images", exact=True).click()
     thumbnails = phone.locator("img.thumb")
     assert thumbnails.count() == 2
-    thumbnails.last.scroll_into_view_if_needed()  # they load lazily, as they come into view
-    phone.wait_for_load_state("networkidle")
-    loaded = "[...document.querySelectorAll('img.thumb')].map(i => i.complete && i.naturalWidth)"
-    assert all(width and width > 0 for width in phone.evaluate(loaded))  # decoded pictures, not broken icons
+    assert pictures_decoded(thumbnails)
     assert phone.get_by_role("link", name="Open viewer").count() == 2
     assert fits(phone)
     phone.screenshot(path=str(tmp_path / "images.png"), full_page=True)

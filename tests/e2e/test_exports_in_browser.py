@@ -20,6 +20,7 @@ from pathlib import Path
 import pycdlib
 import pydicom
 import pytest
+from browsing import fits
 from support import ROOT, demo_site_file, filmless, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -92,10 +93,6 @@ def sign_in(page, url: str) -> None:
     page.fill("input[name=password]", PATIENT[1])
     page.locator("main form[action='/signin'] button[type=submit]").click()
     page.wait_for_url(url + "/")
-
-
-def fits(page, width: int = 360) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth") <= width
 
 
 def watch_without_reload(page) -> None:

@@ -12,6 +12,7 @@ import re
 import httpx
 import pytest
 import yaml
+from browsing import fits, pictures_decoded
 from support import ROOT, filmless, free_port, served, write_site
 
 pytestmark = pytest.mark.slow
@@ -33,10 +34,6 @@ def radnet_url(tmp_path_factory):
     seeded = filmless("--site", str(site_file), "seed-demo", timeout=180)
     assert seeded.returncode == 0, seeded.stderr
     yield from served(site_file, port)
-
-
-def fits(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth") <= 360
 
 
 def phone_page(browser, locale: str = "en-US"):
@@ -100,7 +97,7 @@ def test_a_patient_opens_their_visit_in_spanish_and_makes_an_account_from_its_i_
         phone.get_by_role("link", name="Imágenes", exact=True).click()
         thumbnail = phone.locator("img.thumb").first
         thumbnail.wait_for()
-        assert thumbnail.evaluate("image => image.complete && image.naturalWidth > 0")
+        assert pictures_decoded(thumbnail)
         assert fits(phone)
 
         # an account from the same I-Code: the visit's page starts it

@@ -4,12 +4,9 @@ by an admin, as a person reads their mail), and a password."""
 import re
 
 import pytest
+from browsing import fits
 
 pytestmark = pytest.mark.slow
-
-
-def fits(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth") <= 360
 
 
 def read_code_from_outbox(browser, demo_url: str, recipient: str) -> str:

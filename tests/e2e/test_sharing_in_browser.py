@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect
+from browsing import fits
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +32,6 @@ def phone_page(browser, language: str):
     context = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True,
                                   has_touch=True, locale="es-ES" if language == "es" else "en-US")
     return context, context.new_page()
-
-
-def fits(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth") <= 360
 
 
 @pytest.mark.parametrize("language", ["en", "es"])
