@@ -10,7 +10,7 @@ import json
 from datetime import timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from core import clock, db
@@ -40,15 +40,16 @@ def record_many(session: Session, events: list[dict[str, Any]]) -> list[AuditEve
     if head is None:
         head = AuditHead(id=1, seq=0, hash=GENESIS)
         session.add(head)
-    at, rows = clock.now(), []
+    at, values = clock.now(), []
     for event in events:
         fields = dict(seq=head.seq + 1, at=at, actor=event["actor"], action=event["action"],
                       subject=event["subject"], detail=json.loads(json.dumps(event.get("detail") or {}, default=str)),
                       prev_hash=head.hash)  # the detail is stored exactly as hashed
-        rows.append(AuditEvent(**fields, hash=_digest(**fields)))
-        head.seq, head.hash = fields["seq"], rows[-1].hash
-    session.add_all(rows)
+        values.append(dict(fields, hash=_digest(**fields)))
+        head.seq, head.hash = fields["seq"], values[-1]["hash"]
+    session.execute(insert(AuditEvent), values)  # one statement for all; no unit of work needed
     session.flush()
+    rows = [AuditEvent(**row) for row in values]  # what observers are told, as the rows were written
     pm = session.info.get("plugins")
     if pm is not None:  # observers never undo the commit; one failing does not silence the others
         for row in rows:
