@@ -48,7 +48,7 @@ def record_many(session: Session, events: list[dict[str, Any]]) -> list[AuditEve
         values.append(dict(fields, hash=_digest(**fields)))
         head.seq, head.hash = fields["seq"], values[-1]["hash"]
     session.execute(insert(AuditEvent), values)  # one statement for all; no unit of work needed
-    session.flush()
+    session.flush()  # the head, where the caller has turned autoflush off
     rows = [AuditEvent(**row) for row in values]  # what observers are told, as the rows were written
     pm = session.info.get("plugins")
     if pm is not None:  # observers never undo the commit; one failing does not silence the others

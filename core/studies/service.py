@@ -152,19 +152,21 @@ class _Held:
         self.session, self.patients, self.studies, self.series = session, {}, {}, {}
 
     def patient(self, issuer: str, patient_id: str) -> Patient | None:
-        if (issuer, patient_id) not in self.patients:
-            self.patients[issuer, patient_id] = find_patient(self.session, issuer, patient_id)
-        return self.patients[issuer, patient_id]
+        return self._once(self.patients, (issuer, patient_id), lambda: find_patient(self.session, issuer, patient_id))
 
     def study(self, uid: str) -> Study | None:
-        if uid not in self.studies:
-            self.studies[uid] = self.session.scalar(select(Study).where(Study.study_uid == uid))
-        return self.studies[uid]
+        return self._once(self.studies, uid, lambda: self.session.scalar(select(Study).where(Study.study_uid == uid)))
 
     def one_series(self, uid: str) -> Series | None:
-        if uid not in self.series:
-            self.series[uid] = self.session.scalar(select(Series).where(Series.series_uid == uid))
-        return self.series[uid]
+        return self._once(self.series, uid,
+                          lambda: self.session.scalar(select(Series).where(Series.series_uid == uid)))
+
+    def _once(self, held: dict, key, find):
+        if key not in held:
+            # what this transaction made is in ``held`` already: the query need not flush it first
+            with self.session.no_autoflush:
+                held[key] = find()
+        return held[key]
 
 
 def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, source: str):
@@ -175,52 +177,50 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
     held = set(session.scalars(select(Instance.sop_uid).where(
         Instance.sop_uid.in_({result.sop_uid for result in results}))))
     rows, stored, events, blobs_in = _Held(session), [], [], []
-    # what this transaction made is held in ``rows``: a lookup need not flush the file before it
-    with session.no_autoflush:
-        for arrival, result in zip(arrivals, results):
-            fields = arrival.fields
-            if result.sop_uid in held:  # held already, or an earlier copy in this batch
-                result.outcome = "duplicate"
-                continue
-            issuer = issuer_for(fields["issuer_of_patient_id"], fields["institution"], config)
-            patient, study = rows.patient(issuer, fields["patient_id"]), rows.study(result.study_uid)
-            series = rows.one_series(result.series_uid)
-            if study is not None and (patient is None or study.patient_ref != patient.id):
-                _refused(result, _("This study is already held for another patient."))
-                continue
-            if series is not None and (study is None or series.study_ref != study.id):
-                _refused(result, _("This series is already held in another study."))
-                continue
-            held.add(result.sop_uid)
-            patient = rows.patients[issuer, fields["patient_id"]] = _patient(session, patient, issuer, fields, now)
-            new_study = study is None
-            if new_study:
-                study = rows.studies[result.study_uid] = _new_study(session, runtime, patient, result, fields, now)
-            if series is None:
-                series = rows.series[result.series_uid] = Series(
-                    study_ref=study.id, series_uid=result.series_uid, modality=fields["modality"],
-                    series_number=fields["series_number"], description=fields["series_description"],
-                    body_part=fields["body_part"], created_at=now)
-                session.add(series)
-                session.flush()
-                study.series_count += 1
-            key = blob_key("dicom", result.sop_uid)
-            instance = Instance(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
-                                transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
-                                rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
-                                size=fields["size"], sha256=fields["sha256"], header=fields["header"], created_at=now)
-            session.add(instance)
-            series.instance_count += 1
-            study.instance_count += 1
-            study.modalities = _merge_modalities(study.modalities, series.modality)
-            study.body_part = study.body_part or series.body_part
-            study.updated_at = now
-            events.append(dict(actor=actor, action="study.instance_stored", subject=f"study:{study.id}",
-                               detail={"sop_uid": result.sop_uid, "series_uid": result.series_uid, "source": source}))
-            blobs_in.append((key, arrival.path))
-            stored.append((study, patient, instance, new_study))
-            if result.sop_class_uid == dicom.ENCAPSULATED_PDF or result.sop_class_uid in dicom.SR_CLASSES:
-                _report_from_instance(session, runtime, study, arrival.path, result)
+    for arrival, result in zip(arrivals, results):
+        fields = arrival.fields
+        if result.sop_uid in held:  # held already, or an earlier copy in this batch
+            result.outcome = "duplicate"
+            continue
+        issuer = issuer_for(fields["issuer_of_patient_id"], fields["institution"], config)
+        patient, study = rows.patient(issuer, fields["patient_id"]), rows.study(result.study_uid)
+        series = rows.one_series(result.series_uid)
+        if study is not None and (patient is None or study.patient_ref != patient.id):
+            _refused(result, _("This study is already held for another patient."))
+            continue
+        if series is not None and (study is None or series.study_ref != study.id):
+            _refused(result, _("This series is already held in another study."))
+            continue
+        held.add(result.sop_uid)
+        patient = rows.patients[issuer, fields["patient_id"]] = _patient(session, patient, issuer, fields, now)
+        new_study = study is None
+        if new_study:
+            study = rows.studies[result.study_uid] = _new_study(session, runtime, patient, result, fields, now)
+        if series is None:
+            series = rows.series[result.series_uid] = Series(
+                study_ref=study.id, series_uid=result.series_uid, modality=fields["modality"],
+                series_number=fields["series_number"], description=fields["series_description"],
+                body_part=fields["body_part"], created_at=now)
+            session.add(series)
+            session.flush()
+            study.series_count += 1
+        key = blob_key("dicom", result.sop_uid)
+        instance = Instance(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
+                            transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
+                            rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
+                            size=fields["size"], sha256=fields["sha256"], header=fields["header"], created_at=now)
+        session.add(instance)
+        series.instance_count += 1
+        study.instance_count += 1
+        study.modalities = _merge_modalities(study.modalities, series.modality)
+        study.body_part = study.body_part or series.body_part
+        study.updated_at = now
+        events.append(dict(actor=actor, action="study.instance_stored", subject=f"study:{study.id}",
+                           detail={"sop_uid": result.sop_uid, "series_uid": result.series_uid, "source": source}))
+        blobs_in.append((key, arrival.path))
+        stored.append((study, patient, instance, new_study))
+        if result.sop_class_uid == dicom.ENCAPSULATED_PDF or result.sop_class_uid in dicom.SR_CLASSES:
+            _report_from_instance(session, runtime, study, arrival.path, result)
     if not stored:
         session.rollback()  # end the transaction: nothing changes
         return results, stored
