@@ -85,11 +85,15 @@ class Header:
             return None
 
     def date(self, keyword: str) -> date | None:
-        value = self.text(keyword)
-        try:
-            return date(int(value[:4]), int(value[4:6]), int(value[6:8])) if len(value) >= 8 else None
-        except ValueError:
-            return None
+        return parse_date(self.text(keyword))
+
+
+def parse_date(value: str) -> date | None:
+    """A DA value's date; None when there is none or it is no real date."""
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:8])) if len(value) >= 8 else None
+    except ValueError:
+        return None
 
 
 def too_large(max_bytes: int) -> Refused:
@@ -113,7 +117,7 @@ def read_header(path: Path, *, max_bytes: int) -> Header:
             dataset = pydicom.dcmread(reader, stop_before_pixels=True)
             if reader.short:
                 raise damaged()
-            has_pixels = _check_pixel_data(handle, handle.tell(), size, dataset)
+            has_pixels = check_pixel_data(handle, handle.tell(), size, dataset.file_meta.get("TransferSyntaxUID"))
     except Refused:
         raise
     except InvalidDicomError:
@@ -144,20 +148,21 @@ def read_header(path: Path, *, max_bytes: int) -> Header:
     return Header(dataset=dataset, transfer_syntax=transfer_syntax, size=size)
 
 
-def _check_pixel_data(handle, position: int, size: int, dataset: Dataset) -> bool:
-    """Whether the file has pixel data; refuse one whose pixel data ends before its declared length."""
+def check_pixel_data(handle, position: int, size: int, transfer_syntax: str | None) -> bool:
+    """Whether the file has pixel data at ``position`` (where its header ended); refuse one whose
+    pixel data ends before its declared length."""
     if position >= size:
         return False
     handle.seek(position)
     head = handle.read(12)
     if len(head) < 8:
         raise damaged()
-    little = not (dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.2")
+    little = transfer_syntax != "1.2.840.10008.1.2.2"
     order = "<" if little else ">"
     group, element = struct.unpack(order + "HH", head[:4])
     if (group, element) not in PIXEL_TAGS:
         return False
-    implicit = dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2"
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
     if implicit or not head[4:6].isalpha():  # some writers fall back to implicit VR for pixel data
         length, header_length = struct.unpack(order + "I", head[4:8])[0], 8
     else:

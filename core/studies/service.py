@@ -28,7 +28,7 @@ from core import clock
 from core.audit import service as audit
 from core.i18n import gettext as _
 from core.plugins import ReleaseHold, call_each
-from core.studies import dicom, render
+from core.studies import dicom, header_scan, render
 from core.studies.blobs import scratch_file
 from core.studies.blobs_in_transaction import (blob_key, clear_leftovers, put_in_transaction,  # noqa: F401
                                                put_many_in_transaction, remove_orphans)
@@ -71,8 +71,7 @@ def examine(path: Path, *, runtime, sha256: str | None = None) -> Arrival:
     """Read and check a received file's header, once; ``sha256`` if the receiver hashed the file
     as it arrived (otherwise it is read again for it). Never raises for bad input."""
     try:
-        header = dicom.read_header(Path(path), max_bytes=runtime.site.config.studies.max_file_mb * 2**20)
-        fields = dicom.stored_values(header)
+        fields = header_scan.read(Path(path), max_bytes=runtime.site.config.studies.max_file_mb * 2**20)
     except dicom.Refused as refusal:
         return Arrival(Path(path), Ingested("refused", reason=str(refusal), kind=refusal.kind))
     fields["sha256"] = sha256 or _sha256(path)
