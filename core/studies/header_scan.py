@@ -3,8 +3,9 @@ store keeps, without building a pydicom dataset.
 
 Reading a header through pydicom and turning it into JSON costs more than anything else
 an instance costs at ingest, and nearly every file a PACS sends is the same simple kind:
-explicit VR little endian (uncompressed or one of the compressed syntaxes), plain text in
-the default, Latin-1 or UTF-8 character set, no UN values. ``scan`` reads those and
+little endian, explicit VR (uncompressed or one of the compressed syntaxes) or implicit VR
+with public tags whose VR the dictionary settles, plain text in the default, Latin-1 or
+UTF-8 character set, no UN values. ``scan`` reads those and
 returns exactly what ``dicom.read_header`` and ``dicom.stored_values`` would (the tests hold
 it to that over pydicom's own test files). For anything else, and for any file with
 something wrong in it, it returns None: pydicom then reads the file and says what is wrong.
@@ -15,6 +16,8 @@ import base64
 import re
 import struct
 from pathlib import Path
+
+from pydicom.datadict import dictionary_VR
 
 from core.studies import dicom
 
@@ -29,6 +32,7 @@ KNOWN_VRS = (BINARY_VRS | set(NUMBER_FORMATS) | LATIN1_VRS | TEXT_VRS | SINGLE_T
              | {"AE", "AT", "DS", "IS", "PN", "SQ", "UI", "UR"})
 # encapsulated and uncompressed syntaxes that are all explicit VR little endian
 EXPLICIT_LITTLE = re.compile(r"^1\.2\.840\.10008\.1\.2\.(1|4\.\d+|5)$")
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 CHARACTER_SETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 DECIMAL = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
@@ -38,6 +42,7 @@ CHARACTER_SET_TAG = 0x00080005
 INLINE_LIMIT = (dicom.BULK_THRESHOLD // 4) * 3  # pydicom's: the base64 text, not the bytes
 HEAD = 1 << 16
 ELEMENT = struct.Struct("<HH2sH")
+ELEMENT_TAG = struct.Struct("<HH")
 LONG_LENGTH = struct.Struct("<I")
 ITEM_HEAD = struct.Struct("<HHI")
 
@@ -70,11 +75,12 @@ def scan(path: Path, size: int) -> dict | None:
             if data[PREAMBLE:PREAMBLE + 4] != b"DICM":
                 return None
             transfer_syntax, position = _file_meta(source, PREAMBLE + 4)
-            if not EXPLICIT_LITTLE.match(transfer_syntax):
+            implicit = transfer_syntax == IMPLICIT_LITTLE
+            if not (implicit or EXPLICIT_LITTLE.match(transfer_syntax)):
                 return None
-            header, stopped = _Scanner(source).dataset(position, size, top=True)
+            header, stopped = _Scanner(source, implicit).dataset(position, size, top=True)
             has_pixels = dicom.check_pixel_data(handle, stopped, size, transfer_syntax)
-    except (Uncommon, dicom.Refused, struct.error, UnicodeDecodeError, ValueError, OSError):
+    except Exception:  # uncommon, or something wrong in it: pydicom's reading decides
         return None
     return _stored_values(header, transfer_syntax, size, has_pixels)
 
@@ -100,8 +106,8 @@ def _file_meta(source: _Bytes, position: int) -> tuple[str, int]:
 
 
 class _Scanner:
-    def __init__(self, source: _Bytes):
-        self.source, self.encoding = source, "ascii"
+    def __init__(self, source: _Bytes, implicit: bool):
+        self.source, self.implicit, self.encoding = source, implicit, "ascii"
 
     def dataset(self, position: int, end: int, *, top: bool = False, delimited: bool = False):
         """The JSON of the elements from ``position`` to ``end`` (or to an item delimiter), and
@@ -111,23 +117,19 @@ class _Scanner:
             if end - position < 8:
                 raise Uncommon  # a tag cut short
             data = self.source.need(position + 8)
-            group, element, vr_bytes, length = ELEMENT.unpack_from(data, position)
+            group, element = ELEMENT_TAG.unpack_from(data, position)
             tag = (group << 16) | element
             if tag == ITEM_END and delimited:
                 return found, position + 8
             if top and tag in PIXEL_TAGS:
                 return found, position
+            if group == 0xFFFE:
+                raise Uncommon
+            vr, start, length = self._head(data, position, group, element, tag)
             if tag == CHARACTER_SET_TAG:
                 if not top:
                     raise Uncommon  # a character set of an item's own
-                self.encoding = self._character_set(position, vr_bytes, length)
-            if group == 0xFFFE or vr_bytes not in KNOWN_VRS_BYTES:
-                raise Uncommon
-            start = position + 8
-            if vr_bytes in LONG_VRS:
-                length = LONG_LENGTH.unpack_from(self.source.need(start + 4), start)[0]
-                start += 4
-            vr = vr_bytes.decode("ascii")
+                self.encoding = self._character_set(vr, start, length)
             if vr == "SQ":
                 found[f"{tag:08X}"], position = self.sequence(start, length)
             elif length == 0xFFFFFFFF or start + length > min(end, size):
@@ -139,10 +141,22 @@ class _Scanner:
             raise Uncommon  # no delimiter, or an element running past its item
         return found, position
 
-    def _character_set(self, position: int, vr: bytes, length: int) -> str:
-        data = self.source.need(position + 8 + length)
-        value = data[position + 8:position + 8 + length].decode("ascii").strip(" \0")
-        if vr != b"CS" or value not in CHARACTER_SETS:
+    def _head(self, data: bytes, position: int, group: int, element: int, tag: int) -> tuple[str, int, int]:
+        """(VR, where the value starts, its length) of the element at ``position``."""
+        if self.implicit:
+            return _implicit_vr(group, element, tag), position + 8, LONG_LENGTH.unpack_from(data, position + 4)[0]
+        _group, _element, vr_bytes, length = ELEMENT.unpack_from(data, position)
+        if vr_bytes not in KNOWN_VRS_BYTES:
+            raise Uncommon
+        start = position + 8
+        if vr_bytes in LONG_VRS:
+            length = LONG_LENGTH.unpack_from(self.source.need(start + 4), start)[0]
+            start += 4
+        return vr_bytes.decode("ascii"), start, length
+
+    def _character_set(self, vr: str, start: int, length: int) -> str:
+        value = self.source.need(start + length)[start:start + length].decode("ascii").strip(" \0")
+        if vr != "CS" or value not in CHARACTER_SETS:
             raise Uncommon
         return CHARACTER_SETS[value]
 
@@ -220,6 +234,21 @@ class _Scanner:
 
 
 KNOWN_VRS_BYTES = frozenset(vr.encode("ascii") for vr in KNOWN_VRS)
+
+
+def _implicit_vr(group: int, element: int, tag: int) -> str:
+    """The VR pydicom gives an implicit VR element: its dictionary's, a private creator's LO."""
+    if group & 1:
+        if 0x0010 <= element <= 0x00FF:
+            return "LO"
+        raise Uncommon  # a private value: its VR depends on the creator's dictionary
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        raise Uncommon from None
+    if vr not in KNOWN_VRS:
+        raise Uncommon  # "US or SS" and the like: pydicom decides from other values
+    return vr
 
 
 def _single_or_many(values: list[str]) -> list[str]:

@@ -135,3 +135,31 @@ def test_a_file_cut_short_anywhere_is_left_to_pydicom_which_refuses_it(tmp_path)
         assert found is None or found == expected, cut
         if isinstance(expected, tuple):
             assert found is None, cut
+
+
+def as_implicit(dataset):
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+
+
+def test_an_implicit_vr_file_is_read_with_pydicoms_dictionary(tmp_path):
+    path = rewrite(our_files(tmp_path)[0], as_implicit)
+    found = scanned(path)
+    assert found is not None
+    assert found == through_pydicom(path)
+    assert found["transfer_syntax"] == pydicom.uid.ImplicitVRLittleEndian
+    assert found["header"]["00280010"] == {"vr": "US", "Value": [64]}
+
+
+@pytest.mark.parametrize("add", [
+    lambda dataset: dataset.add_new(0x00091010, "LO", "VENDOR VALUE"),  # private: VR from the creator's dictionary
+    lambda dataset: dataset.add_new(0x00280106, "US", 0),  # "US or SS" in the dictionary
+])
+def test_an_implicit_vr_element_whose_vr_pydicom_must_work_out_is_left_to_it(tmp_path, add):
+    def change(dataset):
+        as_implicit(dataset)
+        dataset.add_new(0x00090010, "LO", "VENDOR")
+        add(dataset)
+
+    path = rewrite(our_files(tmp_path)[0], change)
+    assert scanned(path) is None
+    assert header_scan.read(path, max_bytes=LIMIT) == through_pydicom(path)
