@@ -33,12 +33,13 @@ class BlobStore(Protocol):
     def put(self, key: str, source: Path) -> None:
         """Move the finished scratch file ``source`` to ``key`` (a blob already there is replaced)."""
 
-    def put_many(self, items: list[tuple[str, Path]]) -> None:
-        """``put`` for several ``(key, source)``; each move is whole, the set is not."""
+    def put_many(self, items: list[tuple[str, Path]], *, prepared: bool = False) -> None:
+        """``put`` for several ``(key, source)``; each move is whole, the set is not. ``prepared``:
+        the caller has had them through ``prepare`` already."""
 
-    def sync(self, sources: list[Path]) -> None:
-        """Make finished scratch files durable ahead of ``put_many``, which then finds them so
-        (and costs less while a database lock may be held)."""
+    def prepare(self, items: list[tuple[str, Path]]) -> None:
+        """Make the finished scratch files of ``(key, source)`` durable, and ready what their keys
+        need, ahead of ``put_many``: it then costs less while a database lock may be held."""
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -191,19 +192,19 @@ class FilesystemBlobs:
     def put(self, key: str, source: Path) -> None:
         self.put_many([(key, source)])
 
-    def put_many(self, items: list[tuple[str, Path]]) -> None:
-        self.sync([source for _key, source in items])
-        folders: set[Path] = set()
+    def put_many(self, items: list[tuple[str, Path]], *, prepared: bool = False) -> None:
+        if not prepared:
+            self.prepare(items)
         for key, source in items:
-            target = self._path(key)
-            if not target.parent.is_dir():
-                folders.update(_made_folders(target.parent))
-            os.replace(source, target)
-            folders.add(target.parent)
-        _fsync_all(sorted(folders))  # the renames (and new folders) survive a power cut
+            os.replace(source, self._path(key))
+        # the renames survive a power cut
+        _fsync_all(sorted({self._path(key).parent for key, _source in items}))
 
-    def sync(self, sources: list[Path]) -> None:
-        _fsync_all(sources)
+    def prepare(self, items: list[tuple[str, Path]]) -> None:
+        folders: set[Path] = set()
+        for key, _source in items:
+            folders.update(_made_folders(self._path(key).parent))
+        _fsync_all([source for _key, source in items] + sorted(folders))  # the files, and the new folders
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -245,11 +246,11 @@ class S3Blobs:
         self.client.upload_file(str(source), self.bucket, self._key(key))  # S3 objects appear whole or not at all
         Path(source).unlink(missing_ok=True)
 
-    def put_many(self, items: list[tuple[str, Path]]) -> None:
+    def put_many(self, items: list[tuple[str, Path]], *, prepared: bool = False) -> None:
         for key, source in items:
             self.put(key, source)
 
-    def sync(self, sources: list[Path]) -> None:
+    def prepare(self, items: list[tuple[str, Path]]) -> None:
         pass  # an upload is whole once S3 has answered
 
     def open(self, key: str) -> BinaryIO:

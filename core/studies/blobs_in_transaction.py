@@ -30,14 +30,16 @@ def put_in_transaction(session: Session, store: blobs.BlobStore, key: str, sourc
     put_many_in_transaction(session, store, [(key, source)])
 
 
-def put_many_in_transaction(session: Session, store: blobs.BlobStore, items: list[tuple[str, Path]]) -> None:
-    """``put_in_transaction`` for several ``(key, source)``, moved in together. Each key must be
-    one that no committed row names: a rollback deletes whatever is at it."""
+def put_many_in_transaction(session: Session, store: blobs.BlobStore, items: list[tuple[str, Path]], *,
+                            prepared: bool = False) -> None:
+    """``put_in_transaction`` for several ``(key, source)``, moved in together (``prepared``: see
+    ``BlobStore.put_many``). Each key must be one that no committed row names: a rollback deletes
+    whatever is at it."""
     session.connection()  # begin the transaction now if none has begun: its end settles the blobs
     unsettled = session.info.setdefault(_UNSETTLED, [])
     for key, _source in items:
         unsettled.append((store, blobs.claim(store, key)))  # claimed before moved: a failure part-way is undone
-    store.put_many(items)
+    store.put_many(items, prepared=prepared)
 
 
 @event.listens_for(Session, "after_commit")

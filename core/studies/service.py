@@ -84,7 +84,7 @@ def ingest(session: Session, path: Path, *, runtime, actor: str = "system", sour
     """Store one DICOM file (a scratch file the caller owns and removes). Never raises for bad input."""
     arrival = examine(path, runtime=runtime, sha256=sha256)
     if arrival.fields is not None:
-        runtime.blobs.sync([arrival.path])
+        runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path)])
         _settle(session, [arrival], runtime=runtime, actor=actor, source=source)
     return arrival.result
 
@@ -95,7 +95,7 @@ def ingest_many(session: Session, arrivals: list[Arrival], *, runtime, actor: st
     result of each, in order. A refused file refuses only itself, and a failure of the store is
     retried file by file, so that only the files it concerns are refused (kind ``unavailable``)."""
     waiting = [arrival for arrival in arrivals if arrival.fields is not None]
-    runtime.blobs.sync([arrival.path for arrival in waiting])
+    runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path) for arrival in waiting])
     try:
         _settle(session, waiting, runtime=runtime, actor=actor, source=source)
     except Exception:
@@ -110,6 +110,10 @@ def ingest_many(session: Session, arrivals: list[Arrival], *, runtime, actor: st
                     session.rollback()
                     _unavailable(arrival)
     return [arrival.result for arrival in arrivals]
+
+
+def _blob_key_of(arrival: Arrival) -> str:
+    return blob_key("dicom", arrival.result.sop_uid)
 
 
 def _unavailable(arrival: Arrival) -> None:
@@ -203,7 +207,7 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
             session.add(series)
             session.flush()
             study.series_count += 1
-        key = blob_key("dicom", result.sop_uid)
+        key = _blob_key_of(arrival)
         instance = Instance(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
                             transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
                             rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
@@ -230,7 +234,7 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
 
         for patient in {id(patient): patient for _study, patient, _instance, new in stored if new}.values():
             activate_at_scan(session, site=runtime.site, patient=patient)
-    put_many_in_transaction(session, runtime.blobs, blobs_in)
+    put_many_in_transaction(session, runtime.blobs, blobs_in, prepared=True)
     try:
         session.commit()
     except BaseException:

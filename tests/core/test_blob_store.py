@@ -31,6 +31,20 @@ def test_put_moves_a_scratch_file_in_whole(tmp_path):
     assert not store.exists(KEY) and list(store.keys()) == []
 
 
+def test_prepare_readies_the_folders_ahead_and_a_prepared_put_only_moves(tmp_path):
+    store = blobs.FilesystemBlobs(tmp_path / "blobs")
+    with blobs.scratch_file(store, ".dcm") as first, blobs.scratch_file(store, ".dcm") as second:
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+        other = "dicom/ef/01/ef0123456789"
+        store.prepare([(KEY, first), (other, second)])
+        assert (tmp_path / "blobs" / KEY).parent.is_dir() and (tmp_path / "blobs" / other).parent.is_dir()
+        assert first.exists() and not store.exists(KEY)  # nothing is moved before put
+        store.put_many([(KEY, first)], prepared=True)
+        assert store.open(KEY).read() == b"one" and not first.exists()
+    assert list(store.keys()) == [KEY]  # the one never put left an empty folder, no blob
+
+
 def test_the_sweep_removes_a_dead_processes_scratch_files_but_never_a_living_ones(tmp_path):
     store = blobs.FilesystemBlobs(tmp_path / "blobs")
     store.scratch.mkdir(parents=True)
