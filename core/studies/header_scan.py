@@ -34,6 +34,7 @@ KNOWN_VRS = (BINARY_VRS | set(NUMBER_FORMATS) | LATIN1_VRS | TEXT_VRS | SINGLE_T
 EXPLICIT_LITTLE = re.compile(r"^1\.2\.840\.10008\.1\.2\.(1|4\.\d+|5)$")
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 CHARACTER_SETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+CONTROL = re.compile(rb"[\x00-\x1f]")
 INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 DECIMAL = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -80,9 +81,9 @@ def scan(path: Path, size: int) -> dict | None:
                 return None
             header, stopped = _Scanner(source, implicit).dataset(position, size, top=True)
             has_pixels = dicom.check_pixel_data(handle, stopped, size, transfer_syntax)
+        return _stored_values(header, transfer_syntax, size, has_pixels)
     except Exception:  # uncommon, or something wrong in it: pydicom's reading decides
         return None
-    return _stored_values(header, transfer_syntax, size, has_pixels)
 
 
 def _file_meta(source: _Bytes, position: int) -> tuple[str, int]:
@@ -95,12 +96,19 @@ def _file_meta(source: _Bytes, position: int) -> tuple[str, int]:
             if transfer_syntax is None:
                 raise Uncommon
             return transfer_syntax, position
+        if vr not in KNOWN_VRS_BYTES or vr == b"SQ":
+            raise Uncommon  # pydicom may take the group for implicit VR then, and read it otherwise
         start = position + 8
         if vr in LONG_VRS:
             length = LONG_LENGTH.unpack_from(source.need(start + 4), start)[0]
             start += 4
         data = source.need(start + length)
+        number = NUMBER_FORMATS.get(vr.decode("ascii"))
+        if number and length % struct.calcsize("<" + number):
+            raise Uncommon  # pydicom refuses such a value
         if element == 0x0010:
+            if vr != b"UI":
+                raise Uncommon
             transfer_syntax = data[start:start + length].decode("ascii").rstrip("\0 ")
         position = start + length
 
@@ -214,13 +222,15 @@ class _Scanner:
             names = raw.rstrip(b"\0 ").decode(self.encoding).split("\\")
             if names == [""]:
                 return []
-            if any(not name or name.count("=") > 2 for name in names):
+            if any(not name or name.count("=") > 2 or name.endswith("=") for name in names):
                 raise Uncommon
             return [dict(zip(("Alphabetic", "Ideographic", "Phonetic"), name.split("="))) for name in names]
         if vr in TEXT_VRS:
             return _single_or_many([value.rstrip("\0 ") for value in raw.decode(self.encoding).split("\\")])
         if vr in SINGLE_TEXT_VRS:
             return _single_or_many([raw.decode(self.encoding).rstrip("\0 ")])
+        if CONTROL.search(raw.rstrip(b"\0 ")):
+            raise Uncommon  # pydicom strips some of these from some values
         text = raw.decode("ascii")  # pydicom reads these as Latin-1; anything else is uncommon here
         if vr == "UR":
             return _single_or_many([text.rstrip()])
@@ -283,7 +293,10 @@ def _text(header: dict, tag: str, limit: int = 200) -> str:
 
 def _number(header: dict, tag: str) -> int | None:
     values = header.get(tag, {}).get("Value") or []
-    return int(values[0]) if len(values) == 1 else None
+    try:
+        return int(values[0]) if len(values) == 1 else None
+    except (TypeError, ValueError):  # a name or a text where a number belongs, as pydicom's reading has it
+        return None
 
 
 def _stored_values(header: dict, transfer_syntax: str, size: int, has_pixels: bool) -> dict | None:
@@ -297,8 +310,11 @@ def _stored_values(header: dict, transfer_syntax: str, size: int, has_pixels: bo
         if "00280010" in header and "00280011" in header and not has_pixels:
             return None
         name = _first(header, "00100010")
-        alphabetic = name.get("Alphabetic", "").split("^") if isinstance(name, dict) else [""]
-        family, given = alphabetic[0].strip()[:100], (alphabetic[1] if len(alphabetic) > 1 else "").strip()[:100]
+        if isinstance(name, dict):
+            alphabetic = name.get("Alphabetic", "").split("^")
+            family, given = alphabetic[0].strip()[:100], (alphabetic[1] if len(alphabetic) > 1 else "").strip()[:100]
+        else:  # not a name (a damaged VR): as dicom.person_name has it
+            family, given = (str(name).strip()[:100] if name else ""), ""
         study_uid, series_uid, sop_uid, sop_class_uid = uids
         return dict(
             study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, sop_class_uid=sop_class_uid,

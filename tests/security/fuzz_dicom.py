@@ -48,7 +48,8 @@ def _load_instrumented() -> None:
 
     # the parser only: instrumenting every module slows each run tenfold
     with atheris.instrument_imports(include=["pydicom.filereader", "pydicom.dataelem", "pydicom.values",
-                                             "pydicom.fileset", "core.studies.dicom", "core.studies.importer"]):
+                                             "pydicom.fileset", "core.studies.dicom", "core.studies.header_scan",
+                                             "core.studies.importer"]):
         _load()
 
 DICOMDIR_SHARE = 20  # one input in this many is a DICOMDIR (the slower path: a whole import)
