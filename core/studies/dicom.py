@@ -84,9 +84,6 @@ class Header:
         except (TypeError, ValueError):
             return None
 
-    def date(self, keyword: str) -> date | None:
-        return parse_date(self.text(keyword))
-
 
 def parse_date(value: str) -> date | None:
     """A DA value's date; None when there is none or it is no real date."""
@@ -195,26 +192,39 @@ def header_json(dataset: Dataset) -> dict:
     return dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
 
 
+# What the store keeps of a header besides its UIDs and the patient's name: field → (keyword, longest kept)
+KEPT_TEXTS = {"patient_id": ("PatientID", 64), "issuer_of_patient_id": ("IssuerOfPatientID", 64),
+              "sex": ("PatientSex", 16), "accession_number": ("AccessionNumber", 64), "study_time": ("StudyTime", 16),
+              "study_description": ("StudyDescription", 200), "body_part": ("BodyPartExamined", 64),
+              "institution": ("InstitutionName", 200), "referring_physician": ("ReferringPhysicianName", 200),
+              "modality": ("Modality", 16), "series_description": ("SeriesDescription", 200)}
+KEPT_DATES = {"birth_date": "PatientBirthDate", "study_date": "StudyDate"}
+KEPT_NUMBERS = {"series_number": "SeriesNumber", "instance_number": "InstanceNumber", "rows": "Rows",
+                "columns": "Columns", "frames": "NumberOfFrames"}
+
+
+def kept_values(text, number, *, uids: list[str], name: tuple[str, str], transfer_syntax: str, size: int,
+                header: dict) -> dict:
+    """The values the store keeps, through a reader's ``text(keyword, limit)`` and ``number(keyword)``;
+    ``uids`` in the order of ``REQUIRED_UIDS``, ``name`` (family, given)."""
+    fields = {field: text(keyword, limit) for field, (keyword, limit) in KEPT_TEXTS.items()}
+    fields.update({field: parse_date(text(keyword, 200)) for field, keyword in KEPT_DATES.items()})
+    fields.update({field: number(keyword) for field, keyword in KEPT_NUMBERS.items()})
+    fields["accession_number"] = fields["accession_number"] or None
+    fields["frames"] = fields["frames"] or 1
+    fields.update(zip(("study_uid", "series_uid", "sop_uid", "sop_class_uid"), uids))
+    fields.update(family_name=name[0], given_name=name[1], transfer_syntax=transfer_syntax, size=size, header=header)
+    return fields
+
+
 def stored_values(header: Header) -> dict:
     """Every value the store keeps from a header, read once: a value that cannot be decoded
     refuses the file here, before anything is written."""
     ds = header.dataset
     try:
-        family, given = person_name(ds)
-        return dict(
-            study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID), sop_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID), patient_id=header.text("PatientID", 64),
-            issuer_of_patient_id=header.text("IssuerOfPatientID", 64), family_name=family, given_name=given,
-            birth_date=header.date("PatientBirthDate"), sex=header.text("PatientSex", 16),
-            accession_number=header.text("AccessionNumber", 64) or None, study_date=header.date("StudyDate"),
-            study_time=header.text("StudyTime", 16), study_description=header.text("StudyDescription"),
-            body_part=header.text("BodyPartExamined", 64), institution=header.text("InstitutionName"),
-            referring_physician=header.text("ReferringPhysicianName"), modality=header.text("Modality", 16),
-            series_number=header.number("SeriesNumber"), series_description=header.text("SeriesDescription"),
-            instance_number=header.number("InstanceNumber"), rows=header.number("Rows"),
-            columns=header.number("Columns"), frames=header.number("NumberOfFrames") or 1,
-            transfer_syntax=header.transfer_syntax, size=header.size,
-            header=header_json(ds))
+        return kept_values(header.text, header.number, uids=[str(ds[keyword].value) for keyword in REQUIRED_UIDS],
+                           name=person_name(ds), transfer_syntax=header.transfer_syntax, size=header.size,
+                           header=header_json(ds))
     except Exception:
         raise damaged() from None
 

@@ -17,7 +17,7 @@ import re
 import struct
 from pathlib import Path
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from core.studies import dicom
 
@@ -30,6 +30,7 @@ TEXT_VRS = frozenset({"SH", "LO", "UC"})  # in the character set, split, each ri
 SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 KNOWN_VRS = (BINARY_VRS | set(NUMBER_FORMATS) | LATIN1_VRS | TEXT_VRS | SINGLE_TEXT_VRS
              | {"AE", "AT", "DS", "IS", "PN", "SQ", "UI", "UR"})
+KNOWN_VRS_BYTES = frozenset(vr.encode("ascii") for vr in KNOWN_VRS)
 # encapsulated and uncompressed syntaxes that are all explicit VR little endian
 EXPLICIT_LITTLE = re.compile(r"^1\.2\.840\.10008\.1\.2\.(1|4\.\d+|5)$")
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
@@ -243,8 +244,6 @@ class _Scanner:
         return _single_or_many(text.rstrip(" \0").split("\\"))  # LATIN1_VRS
 
 
-KNOWN_VRS_BYTES = frozenset(vr.encode("ascii") for vr in KNOWN_VRS)
-
 
 def _implicit_vr(group: int, element: int, tag: int) -> str:
     """The VR pydicom gives an implicit VR element: its dictionary's, a private creator's LO."""
@@ -284,15 +283,19 @@ def _first(header: dict, tag: str):
     return values[0]
 
 
-def _text(header: dict, tag: str, limit: int = 200) -> str:
-    value = _first(header, tag)
+def _tag(keyword: str) -> str:
+    return f"{tag_for_keyword(keyword):08X}"
+
+
+def _text(header: dict, keyword: str, limit: int = 200) -> str:
+    value = _first(header, _tag(keyword))
     if isinstance(value, dict):
         value = "=".join(value.values())
     return str(value).strip()[:limit]
 
 
-def _number(header: dict, tag: str) -> int | None:
-    values = header.get(tag, {}).get("Value") or []
+def _number(header: dict, keyword: str) -> int | None:
+    values = header.get(_tag(keyword), {}).get("Value") or []
     try:
         return int(values[0]) if len(values) == 1 else None
     except (TypeError, ValueError):  # a name or a text where a number belongs, as pydicom's reading has it
@@ -302,32 +305,22 @@ def _number(header: dict, tag: str) -> int | None:
 def _stored_values(header: dict, transfer_syntax: str, size: int, has_pixels: bool) -> dict | None:
     """What ``dicom.stored_values`` keeps, or None when ``dicom.read_header`` would refuse the file."""
     try:
-        uids = [_first(header, tag) for tag in ("0020000D", "0020000E", "00080018", "00080016")]
+        uids = [_first(header, _tag(keyword)) for keyword in dicom.REQUIRED_UIDS]
         if not all(isinstance(uid, str) and uid and len(uid) <= 64 and dicom.UID.match(uid) for uid in uids):
             return None
-        if not dicom.UID.match(transfer_syntax) or not _text(header, "00100020"):
+        if not dicom.UID.match(transfer_syntax) or not _text(header, "PatientID"):
             return None
         if "00280010" in header and "00280011" in header and not has_pixels:
             return None
-        name = _first(header, "00100010")
+        name = _first(header, _tag("PatientName"))
         if isinstance(name, dict):
             alphabetic = name.get("Alphabetic", "").split("^")
             family, given = alphabetic[0].strip()[:100], (alphabetic[1] if len(alphabetic) > 1 else "").strip()[:100]
         else:  # not a name (a damaged VR): as dicom.person_name has it
             family, given = (str(name).strip()[:100] if name else ""), ""
-        study_uid, series_uid, sop_uid, sop_class_uid = uids
-        return dict(
-            study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, sop_class_uid=sop_class_uid,
-            patient_id=_text(header, "00100020", 64), issuer_of_patient_id=_text(header, "00100021", 64),
-            family_name=family, given_name=given, birth_date=dicom.parse_date(_text(header, "00100030")),
-            sex=_text(header, "00100040", 16), accession_number=_text(header, "00080050", 64) or None,
-            study_date=dicom.parse_date(_text(header, "00080020")), study_time=_text(header, "00080030", 16),
-            study_description=_text(header, "00081030"), body_part=_text(header, "00180015", 64),
-            institution=_text(header, "00080080"), referring_physician=_text(header, "00080090"),
-            modality=_text(header, "00080060", 16), series_number=_number(header, "00200011"),
-            series_description=_text(header, "0008103E"), instance_number=_number(header, "00200013"),
-            rows=_number(header, "00280010"), columns=_number(header, "00280011"),
-            frames=_number(header, "00280008") or 1, transfer_syntax=transfer_syntax, size=size, header=header)
+        return dicom.kept_values(lambda keyword, limit: _text(header, keyword, limit),
+                                 lambda keyword: _number(header, keyword), uids=uids, name=(family, given),
+                                 transfer_syntax=transfer_syntax, size=size, header=header)
     except Uncommon:
         return None
 
