@@ -320,7 +320,11 @@ class Orthanc:
         config_file.write_text(json.dumps(self.config(), indent=2))
         self.process = subprocess.Popen([ORTHANC_BINARY, f"--logdir={self.folder / 'logs'}", str(config_file)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_for(f"{self.url}/system", self.process)
+        try:
+            wait_for(f"{self.url}/system", self.process)
+        except AssertionError as error:  # Orthanc says why in its log, not on stderr
+            logs = "".join(path.read_text(errors="replace")[-2000:] for path in (self.folder / "logs").glob("*"))
+            raise RuntimeError(f"{error}\n{logs}") from None
         return self
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ import json
 from datetime import timezone
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from core import clock, db
@@ -30,31 +30,42 @@ def _digest(*, seq: int, at, actor: str, action: str, subject: str, detail: dict
 
 def record(session: Session, *, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> AuditEvent:
     """Append one event in the caller's transaction; observers hear of it after commit."""
-    return record_many(session, [dict(actor=actor, action=action, subject=subject, detail=detail)])[0]
+    return AuditEvent(**record_many(session, [dict(actor=actor, action=action, subject=subject, detail=detail)])[0])
 
 
-def record_many(session: Session, events: list[dict[str, Any]]) -> list[AuditEvent]:
+# built once: every event written takes the head, and building a statement costs more than running it
+_HEAD = AuditHead.__table__
+_TAKE_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+
+
+def record_many(session: Session, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Append events (each the keyword arguments of ``record``) in order, taking the chain's
-    head once for all of them."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    head once for all of them; the rows as written."""
+    head = session.execute(_TAKE_HEAD).first()
     if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+        session.execute(insert(_HEAD).values(id=1, seq=0, hash=GENESIS))
+        seq, prev_hash = 0, GENESIS
+    else:
+        seq, prev_hash = head
     at, values = clock.now(), []
     for event in events:
-        fields = dict(seq=head.seq + 1, at=at, actor=event["actor"], action=event["action"],
-                      subject=event["subject"], detail=json.loads(json.dumps(event.get("detail") or {}, default=str)),
-                      prev_hash=head.hash)  # the detail is stored exactly as hashed
-        values.append(dict(fields, hash=_digest(**fields)))
-        head.seq, head.hash = fields["seq"], values[-1]["hash"]
-    session.execute(insert(AuditEvent), values)  # one statement for all; no unit of work needed
-    session.flush()  # the head, where the caller has turned autoflush off
-    rows = [AuditEvent(**row) for row in values]  # what observers are told, as the rows were written
+        seq += 1
+        fields = dict(seq=seq, at=at, actor=event["actor"], action=event["action"], subject=event["subject"],
+                      detail=json.loads(json.dumps(event.get("detail") or {}, default=str)),
+                      prev_hash=prev_hash)  # the detail is stored exactly as hashed
+        prev_hash = _digest(**fields)
+        values.append(dict(fields, hash=prev_hash))
+    session.execute(insert(AuditEvent.__table__), values)  # one statement for all; no unit of work needed
+    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
     pm = session.info.get("plugins")
-    if pm is not None:  # observers never undo the commit; one failing does not silence the others
-        for row in rows:
-            db.after_commit(session, lambda row=row: call_each(pm, "audit_event_written", strict=False, event=row))
-    return rows
+    if pm is not None and pm.hook.audit_event_written.get_hookimpls():
+        def tell() -> None:  # observers never undo the commit; one failing does not silence the others
+            for row in values:  # each told of the event as its row was written
+                call_each(pm, "audit_event_written", strict=False, event=AuditEvent(**row))
+
+        db.after_commit(session, tell)
+    return values
 
 
 def verify(session: Session) -> tuple[bool, str]:

@@ -41,6 +41,10 @@ class BlobStore(Protocol):
         """Make the finished scratch files of ``(key, source)`` durable, and ready what their keys
         need, ahead of ``put_many``: it then costs less while a database lock may be held."""
 
+    def begin_sync(self, source: Path) -> None:
+        """Start making the finished scratch file ``source`` durable in the background, so that
+        ``prepare`` later finds the work done (a receiver calls it as each file ends)."""
+
     def open(self, key: str) -> BinaryIO: ...
 
     def local_path(self, key: str) -> Path | None:
@@ -156,17 +160,21 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
+def _syncer() -> ThreadPoolExecutor:
+    global _syncing
+    if _syncing is None:
+        _syncing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+    return _syncing
+
+
 def _fsync_all(paths: list[Path]) -> None:
     """fsync files or folders side by side: the file system commits its journal once for all
     of them, where one after another each would wait for a commit of its own."""
-    global _syncing
     if len(paths) <= 1:
         for path in paths:
             _fsync(path)
         return
-    if _syncing is None:
-        _syncing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
-    for done in [_syncing.submit(_fsync, path) for path in paths]:
+    for done in [_syncer().submit(_fsync, path) for path in paths]:
         done.result()
 
 
@@ -205,6 +213,11 @@ class FilesystemBlobs:
         for key, _source in items:
             folders.update(_made_folders(self._path(key).parent))
         _fsync_all([source for _key, source in items] + sorted(folders))  # the files, and the new folders
+
+    def begin_sync(self, source: Path) -> None:
+        # an early fsync's failure (the file refused and removed meanwhile) is nobody's concern:
+        # ``prepare`` syncs again, which then costs little where this one succeeded
+        _syncer().submit(_fsync, source)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -252,6 +265,9 @@ class S3Blobs:
 
     def prepare(self, items: list[tuple[str, Path]]) -> None:
         pass  # an upload is whole once S3 has answered
+
+    def begin_sync(self, source: Path) -> None:
+        pass
 
     def open(self, key: str) -> BinaryIO:
         # Downloaded to a temporary file: pydicom and the renderers need to seek.

@@ -4,9 +4,11 @@
 The body is read as a stream: each part goes to a scratch file as it arrives (a
 part above ``studies.max_file_mb`` stops being written and is refused), hashed on
 the way, so a study of any size never sits in memory. Complete parts are stored
-in batches while the rest arrives: each batch is the parts that were complete
-when the previous one had been stored (one transaction and one disk sync for
-all of them), so a sender that pauses still has its complete parts stored. The
+in batches, each in one transaction with one disk sync for all its parts: a
+batch is stored when the body has ended, when ``BATCH`` parts are waiting, or
+when no part has been completed for ``PAUSE`` (so a sender that pauses still has
+its complete parts stored). Each part's file is being synced to disk from the
+moment it is complete, while the rest arrives. The
 answer is the PS3.18 Store Instances Response: 200 all stored, 202 some
 refused, 409 none stored, with a FailureReason (PS3.4 Annex B) per refused part.
 """
@@ -41,6 +43,7 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 PREAMBLE_END = 132  # 128 bytes of preamble, then "DICM"
 BATCH = 50  # parts at most in one transaction: the write lock is held for its rows only
+PAUSE = 0.05  # seconds without a new complete part after which the waiting parts are stored
 
 
 @dataclass
@@ -128,6 +131,8 @@ class PartReader:
 
     def _end(self) -> None:
         self.current.finish()
+        if not self.current.too_big:
+            self.store.begin_sync(self.current.path)
         self.finished.append(self.current)
         self.current = None
 
@@ -230,14 +235,17 @@ class Batches:
         self._more.set()
 
     async def run(self) -> None:
-        while True:
-            await self._more.wait()
-            self._more.clear()
-            while self.waiting:
-                batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
-                self.outcomes += await run_in_threadpool(_ingest, self.runtime, batch, self.study_uid, self.actor)
-            if self._closed:
-                return
+        while not (self._closed and not self.waiting):
+            if not self._closed and len(self.waiting) < BATCH:
+                try:
+                    await asyncio.wait_for(self._more.wait(), PAUSE if self.waiting else None)
+                except asyncio.TimeoutError:
+                    pass  # the sender has paused: what it has sent is stored meanwhile
+                else:
+                    self._more.clear()
+                    continue
+            batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
+            self.outcomes += await run_in_threadpool(_ingest, self.runtime, batch, self.study_uid, self.actor)
 
     def discard(self) -> None:
         """Remove the scratch files of parts that were never stored (the store failed)."""

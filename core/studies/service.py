@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import clock
 from core.audit import service as audit
@@ -147,6 +148,15 @@ def _settle(session: Session, arrivals: list[Arrival], *, runtime, actor: str, s
             "The file arrived together with another copy of it; please send it again."))
 
 
+# built once: a batch runs each of these, and building a statement costs more than running it
+_INSTANCE = Instance.__table__
+_HELD = select(_INSTANCE.c.sop_uid).where(_INSTANCE.c.sop_uid.in_(bindparam("uids", expanding=True)))
+_IDS = select(_INSTANCE.c.sop_uid, _INSTANCE.c.id).where(_INSTANCE.c.sop_uid.in_(bindparam("uids", expanding=True)))
+_PATIENT = select(Patient).where(Patient.issuer == bindparam("issuer"), Patient.patient_id == bindparam("patient_id"))
+_STUDY = select(Study).where(Study.study_uid == bindparam("uid"))
+_SERIES = select(Series).where(Series.series_uid == bindparam("uid"))
+
+
 class _Held:
     """The patients, studies and series one transaction has looked up or made, so that the
     instances of one study look each up once."""
@@ -155,21 +165,69 @@ class _Held:
         self.session, self.patients, self.studies, self.series = session, {}, {}, {}
 
     def patient(self, issuer: str, patient_id: str) -> Patient | None:
-        return self._once(self.patients, (issuer, patient_id), lambda: find_patient(self.session, issuer, patient_id))
+        return self._once(self.patients, (issuer, patient_id), _PATIENT, issuer=issuer, patient_id=patient_id)
 
     def study(self, uid: str) -> Study | None:
-        return self._once(self.studies, uid, lambda: self.session.scalar(select(Study).where(Study.study_uid == uid)))
+        return self._once(self.studies, uid, _STUDY, uid=uid)
 
     def one_series(self, uid: str) -> Series | None:
-        return self._once(self.series, uid,
-                          lambda: self.session.scalar(select(Series).where(Series.series_uid == uid)))
+        return self._once(self.series, uid, _SERIES, uid=uid)
 
-    def _once(self, held: dict, key, find):
+    def _once(self, held: dict, key, statement, **values):
         if key not in held:
             # what this transaction made is in ``held`` already: the query need not flush it first
             with self.session.no_autoflush:
-                held[key] = find()
+                held[key] = self.session.scalar(statement, values)
         return held[key]
+
+
+_SERIES_TABLE, _STUDY_TABLE = Series.__table__, Study.__table__
+_ADD_TO_SERIES = update(_SERIES_TABLE).where(_SERIES_TABLE.c.id == bindparam("series_id")).values(
+    instance_count=_SERIES_TABLE.c.instance_count + bindparam("added"))
+_ADD_TO_STUDY = update(_STUDY_TABLE).where(_STUDY_TABLE.c.id == bindparam("study_id")).values(
+    instance_count=_STUDY_TABLE.c.instance_count + bindparam("added"),
+    series_count=_STUDY_TABLE.c.series_count + bindparam("added_series"),
+    modalities=bindparam("now_modalities"), body_part=bindparam("now_body_part"), updated_at=bindparam("now"))
+
+
+class _Counts:
+    """What one transaction adds to its series and studies, written in one statement each way.
+
+    The counts are added in SQL (``count = count + n``), so two writers never lose one
+    another's; the rows in the session are given the sums without becoming dirty."""
+
+    def __init__(self):
+        self.series: dict[Series, int] = {}
+        self.studies: dict[Study, list] = {}  # study: [instances added, series added, modalities]
+
+    def new_series(self, study: Study) -> None:
+        self._of(study)[1] += 1
+
+    def new_instance(self, study: Study, series: Series) -> None:
+        self.series[series] = self.series.get(series, 0) + 1
+        tally = self._of(study)
+        tally[0] += 1
+        tally[2] = _merge_modalities(tally[2], series.modality)
+        if not study.body_part and series.body_part:
+            set_committed_value(study, "body_part", series.body_part)
+
+    def _of(self, study: Study) -> list:
+        return self.studies.setdefault(study, [0, 0, study.modalities])
+
+    def write(self, session: Session, now: datetime) -> None:
+        if self.series:
+            session.execute(_ADD_TO_SERIES, [{"series_id": series.id, "added": added}
+                                             for series, added in self.series.items()])
+        session.execute(_ADD_TO_STUDY, [
+            {"study_id": study.id, "added": added, "added_series": added_series, "now_modalities": modalities,
+             "now_body_part": study.body_part, "now": now}
+            for study, (added, added_series, modalities) in self.studies.items()])
+        for series, added in self.series.items():
+            set_committed_value(series, "instance_count", series.instance_count + added)
+        for study, (added, added_series, modalities) in self.studies.items():
+            for name, value in (("instance_count", study.instance_count + added), ("modalities", modalities),
+                                ("series_count", study.series_count + added_series), ("updated_at", now)):
+                set_committed_value(study, name, value)
 
 
 def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, source: str):
@@ -177,9 +235,8 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
     (study, patient, instance, new_study) of each stored one)."""
     config, now = runtime.site.config.studies, clock.now()
     results = [replace(arrival.result) for arrival in arrivals]
-    held = set(session.scalars(select(Instance.sop_uid).where(
-        Instance.sop_uid.in_({result.sop_uid for result in results}))))
-    rows, stored, events, blobs_in = _Held(session), [], [], []
+    held = set(session.scalars(_HELD, {"uids": list({result.sop_uid for result in results})}))
+    rows, counts, stored, instances, events, blobs_in = _Held(session), _Counts(), [], [], [], []
     for arrival, result in zip(arrivals, results):
         fields = arrival.fields
         if result.sop_uid in held:  # held already, or an earlier copy in this batch
@@ -206,28 +263,30 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
                 body_part=fields["body_part"], created_at=now)
             session.add(series)
             session.flush()
-            study.series_count += 1
+            counts.new_series(study)
         key = _blob_key_of(arrival)
-        instance = Instance(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
-                            transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
-                            rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
-                            size=fields["size"], sha256=fields["sha256"], header=fields["header"], created_at=now)
-        session.add(instance)
-        series.instance_count += 1
-        study.instance_count += 1
-        study.modalities = _merge_modalities(study.modalities, series.modality)
-        study.body_part = study.body_part or series.body_part
-        study.updated_at = now
+        # rows for one INSERT of them all; the unit of work would send one statement each
+        instances.append(dict(series_ref=series.id, sop_uid=result.sop_uid, sop_class_uid=result.sop_class_uid,
+                              transfer_syntax=fields["transfer_syntax"], instance_number=fields["instance_number"],
+                              rows=fields["rows"], columns=fields["columns"], frames=fields["frames"], blob_key=key,
+                              size=fields["size"], sha256=fields["sha256"], header=fields["header"],
+                              created_at=now))
+        counts.new_instance(study, series)
         events.append(dict(actor=actor, action="study.instance_stored", subject=f"study:{study.id}",
                            detail={"sop_uid": result.sop_uid, "series_uid": result.series_uid, "source": source}))
         blobs_in.append((key, arrival.path))
-        stored.append((study, patient, instance, new_study))
+        stored.append((study, patient, new_study))
         if result.sop_class_uid == dicom.ENCAPSULATED_PDF or result.sop_class_uid in dicom.SR_CLASSES:
             _report_from_instance(session, runtime, study, arrival.path, result)
     if not stored:
         session.rollback()  # end the transaction: nothing changes
         return results, stored
     session.flush()
+    counts.write(session, now)
+    session.execute(insert(_INSTANCE), instances)
+    ids = dict(session.execute(_IDS, {"uids": [row["sop_uid"] for row in instances]}).all())
+    stored = [(study, patient, Instance(id=ids[row["sop_uid"]], **row), new)
+              for (study, patient, new), row in zip(stored, instances)]
     audit.record_many(session, events)
     if runtime.site.config.identity.accounts_at_scan:
         from core.identity.registration import activate_at_scan  # identity reads the study models
@@ -289,10 +348,9 @@ def _patient(session: Session, patient: Patient | None, issuer: str, fields: dic
         session.add(patient)
         session.flush()
     else:  # fill what the practice had not told us; never overwrite what it had
-        patient.family_name = patient.family_name or fields["family_name"]
-        patient.given_name = patient.given_name or fields["given_name"]
-        patient.birth_date = patient.birth_date or fields["birth_date"]
-        patient.sex = patient.sex or fields["sex"]
+        for name in ("family_name", "given_name", "birth_date", "sex"):
+            if not getattr(patient, name) and fields[name]:
+                setattr(patient, name, fields[name])
     return patient
 
 

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -144,6 +145,29 @@ MALFORMED = {
     "missing SOPInstanceUID": "The file has no SOPInstanceUID.",
     "missing PatientID": "The file has no patient ID.",
 }
+
+
+def test_counts_are_added_in_sql_and_the_sessions_rows_show_the_sums(runtime, session, tmp_path):
+    from core.studies import blobs, service
+
+    files = ct_files(tmp_path, patient_id="COUNT-1", instances=3, series=2, modality="MR")  # 3 in each
+    with ExitStack() as scratch:
+        arrivals = []
+        for path in files[:4]:
+            copy = scratch.enter_context(blobs.scratch_file(runtime.blobs, ".dcm"))
+            copy.write_bytes(path.read_bytes())
+            arrivals.append(service.examine(copy, runtime=runtime))
+        assert [r.outcome for r in service.ingest_many(session, arrivals, runtime=runtime)] == ["stored"] * 4
+    study = session.scalar(select(Study).join(Patient).where(Patient.patient_id == "COUNT-1"))
+    # another writer's instance lands between two batches of ours: its count must survive ours
+    session.execute(text("UPDATE study SET instance_count = instance_count + 1 WHERE id = :id"), {"id": study.id})
+    assert ingest_file(session, runtime, files[4]).outcome == "stored"
+    in_session = (study.instance_count, study.series_count, study.modalities)
+    written = session.execute(select(Study.instance_count, Study.series_count, Study.modalities)
+                              .where(Study.id == study.id)).one()
+    assert written == (6, 2, "MR") and in_session == (5, 2, "MR")
+    per_series = session.execute(select(Series.instance_count).where(Series.study_ref == study.id)).scalars()
+    assert sorted(per_series) == [2, 3]
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
