@@ -56,8 +56,13 @@ class BlobStore(Protocol):
 
 
 def _create_locked(path: Path) -> int | None:
-    """Create ``path`` and hold an exclusive lock on it; None if it was swept before we locked it."""
-    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    """Create ``path`` (and its folder, the first time) and hold an exclusive lock on it; None if
+    it was swept before we locked it."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(descriptor, fcntl.LOCK_EX)
     try:
         if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
@@ -87,7 +92,6 @@ def _lock_if_abandoned(path: Path) -> int | None:
 @contextmanager
 def scratch_file(store: BlobStore, suffix: str = "") -> Iterator[Path]:
     """A new empty file in the store's scratch folder, removed afterwards unless moved in."""
-    store.scratch.mkdir(parents=True, exist_ok=True)
     descriptor = None
     while descriptor is None:
         path = store.scratch / f"{uuid.uuid4().hex}{suffix}.part"
@@ -131,7 +135,6 @@ def _claim_name(key: str) -> str:
 
 def claim(store: BlobStore, key: str) -> Claim:
     """Mark ``key`` as about to be put by this process, before ``put`` is called."""
-    store.scratch.mkdir(parents=True, exist_ok=True)
     path = store.scratch / _claim_name(key)
     descriptor = None
     while descriptor is None:
