@@ -21,7 +21,7 @@ from core import clock
 from core.audit import service as audit
 from core.identity.models import PatientLink
 from core.studies import synthetic
-from core.studies.models import Patient
+from core.studies.models import Patient, Study
 
 TOKEN = "pacs-token-for-tests-0123"
 ORIGIN = "https://viewer.example.test"
@@ -361,6 +361,19 @@ def test_a_stow_body_is_stored_together_and_a_conflict_refuses_only_its_own_part
     assert session.scalar(select(Patient).where(Patient.patient_id == "ST-OTHER")) is None
     metadata = pacs.get(f"/dicomweb/studies/{spec.study_uid}/metadata")
     assert len(metadata.json()) == 4
+
+
+def test_a_body_longer_than_one_batch_is_stored_whole_in_order(pacs, session):
+    from core.studies.dicomweb_store import BATCH
+
+    spec = synthetic.StudySpec(patient_id="ST-LONG", instances=BATCH + 3, rows=8, columns=8)
+    datasets = synthetic.study(spec)
+    answer = stow(pacs, datasets)
+    assert answer.status_code == 200, answer.text
+    assert [value(r, "00081155") for r in answer.json()["00081199"]["Value"]] == [ds.SOPInstanceUID for ds in datasets]
+    study = session.scalar(select(Study).where(Study.study_uid == spec.study_uid))
+    assert (study.instance_count, study.series_count) == (BATCH + 3, 1)
+    assert len(pacs.get(f"/dicomweb/studies/{spec.study_uid}/metadata").json()) == BATCH + 3
 
 
 def test_stow_refuses_wrong_types_strangers_and_oversized_parts(pacs, app, make_account, custom_client):
