@@ -216,7 +216,7 @@ def _ingest(runtime, parts: list[Part], study_uid: str | None, actor: str) -> li
 
 class Batches:
     """Complete parts on their way to the store: ``add`` them as they arrive, ``close`` when the
-    body has ended; ``run`` stores them, each batch being what waited while the last was stored."""
+    body has ended; ``run`` stores them in batches (see the module's docstring for when)."""
 
     def __init__(self, runtime, study_uid: str | None, actor: str):
         self.runtime, self.study_uid, self.actor = runtime, study_uid, actor

@@ -150,8 +150,8 @@ def _settle(session: Session, arrivals: list[Arrival], *, runtime, actor: str, s
 
 # built once: a batch runs each of these, and building a statement costs more than running it
 _INSTANCE = Instance.__table__
-_HELD = select(_INSTANCE.c.sop_uid).where(_INSTANCE.c.sop_uid.in_(bindparam("uids", expanding=True)))
-_IDS = select(_INSTANCE.c.sop_uid, _INSTANCE.c.id).where(_INSTANCE.c.sop_uid.in_(bindparam("uids", expanding=True)))
+_HELD_IDS = select(_INSTANCE.c.sop_uid, _INSTANCE.c.id).where(
+    _INSTANCE.c.sop_uid.in_(bindparam("uids", expanding=True)))
 _PATIENT = select(Patient).where(Patient.issuer == bindparam("issuer"), Patient.patient_id == bindparam("patient_id"))
 _STUDY = select(Study).where(Study.study_uid == bindparam("uid"))
 _SERIES = select(Series).where(Series.series_uid == bindparam("uid"))
@@ -165,19 +165,19 @@ class _Held:
         self.session, self.patients, self.studies, self.series = session, {}, {}, {}
 
     def patient(self, issuer: str, patient_id: str) -> Patient | None:
-        return self._once(self.patients, (issuer, patient_id), _PATIENT, issuer=issuer, patient_id=patient_id)
+        return self._once(self.patients, (issuer, patient_id), lambda: find_patient(self.session, issuer, patient_id))
 
     def study(self, uid: str) -> Study | None:
-        return self._once(self.studies, uid, _STUDY, uid=uid)
+        return self._once(self.studies, uid, lambda: self.session.scalar(_STUDY, {"uid": uid}))
 
     def one_series(self, uid: str) -> Series | None:
-        return self._once(self.series, uid, _SERIES, uid=uid)
+        return self._once(self.series, uid, lambda: self.session.scalar(_SERIES, {"uid": uid}))
 
-    def _once(self, held: dict, key, statement, **values):
+    def _once(self, held: dict, key, find):
         if key not in held:
             # what this transaction made is in ``held`` already: the query need not flush it first
             with self.session.no_autoflush:
-                held[key] = self.session.scalar(statement, values)
+                held[key] = find()
         return held[key]
 
 
@@ -235,7 +235,7 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
     (study, patient, instance, new_study) of each stored one)."""
     config, now = runtime.site.config.studies, clock.now()
     results = [replace(arrival.result) for arrival in arrivals]
-    held = set(session.scalars(_HELD, {"uids": list({result.sop_uid for result in results})}))
+    held = set(dict(session.execute(_HELD_IDS, {"uids": list({result.sop_uid for result in results})}).all()))
     rows, counts, stored, instances, events, blobs_in = _Held(session), _Counts(), [], [], [], []
     for arrival, result in zip(arrivals, results):
         fields = arrival.fields
@@ -284,7 +284,7 @@ def _store(session: Session, arrivals: list[Arrival], *, runtime, actor: str, so
     session.flush()
     counts.write(session, now)
     session.execute(insert(_INSTANCE), instances)
-    ids = dict(session.execute(_IDS, {"uids": [row["sop_uid"] for row in instances]}).all())
+    ids = dict(session.execute(_HELD_IDS, {"uids": [row["sop_uid"] for row in instances]}).all())
     stored = [(study, patient, Instance(id=ids[row["sop_uid"]], **row), new)
               for (study, patient, new), row in zip(stored, instances)]
     audit.record_many(session, events)
@@ -428,7 +428,7 @@ def _report_from_instance(session: Session, runtime, study: Study, path: Path, r
 # -- records of one person at several practices ----------------------------------------------
 
 def find_patient(session: Session, issuer: str, patient_id: str) -> Patient | None:
-    return session.scalar(select(Patient).where(Patient.issuer == issuer, Patient.patient_id == patient_id))
+    return session.scalar(_PATIENT, {"issuer": issuer, "patient_id": patient_id})
 
 
 def link_patients(session: Session, first: Patient, second: Patient, *, actor: str) -> bool:
