@@ -41,10 +41,6 @@ class BlobStore(Protocol):
         """Make the finished scratch files of ``(key, source)`` durable, and ready what their keys
         need, ahead of ``put_many``: it then costs less while a database lock may be held."""
 
-    def begin_sync(self, source: Path) -> None:
-        """Start making the finished scratch file ``source`` durable in the background, so that
-        ``prepare`` later finds the work done (a receiver calls it as each file ends)."""
-
     def open(self, key: str) -> BinaryIO: ...
 
     def local_path(self, key: str) -> Path | None:
@@ -217,11 +213,6 @@ class FilesystemBlobs:
             folders.update(_made_folders(self._path(key).parent))
         _fsync_all([source for _key, source in items] + sorted(folders))  # the files, and the new folders
 
-    def begin_sync(self, source: Path) -> None:
-        # an early fsync's failure (the file refused and removed meanwhile) is nobody's concern:
-        # ``prepare`` syncs again, which then costs little where this one succeeded
-        _syncer().submit(_fsync, source)
-
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 
@@ -268,9 +259,6 @@ class S3Blobs:
 
     def prepare(self, items: list[tuple[str, Path]]) -> None:
         pass  # an upload is whole once S3 has answered
-
-    def begin_sync(self, source: Path) -> None:
-        pass
 
     def open(self, key: str) -> BinaryIO:
         # Downloaded to a temporary file: pydicom and the renderers need to seek.

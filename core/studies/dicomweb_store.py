@@ -7,16 +7,19 @@ the way, so a study of any size never sits in memory. Complete parts are stored
 in batches, each in one transaction with one disk sync for all its parts: a
 batch is stored when the body has ended, when ``BATCH`` parts are waiting, or
 when no part has been completed for ``PAUSE`` (so a sender that pauses still has
-its complete parts stored). Each part's file is being synced to disk from the
-moment it is complete, while the rest arrives. The
-answer is the PS3.18 Store Instances Response: 200 all stored, 202 some
-refused, 409 none stored, with a FailureReason (PS3.4 Annex B) per refused part.
+its complete parts stored). Each part is examined, and its file made durable
+where it is to be stored, from the moment it is complete, while the rest
+arrives: the transaction has only the rows and the renames left. The answer
+is the PS3.18 Store Instances Response: 200 all stored, 202 some refused, 409
+none stored, with a FailureReason (PS3.4 Annex B) per refused part.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,8 @@ PROCESSING_FAILURE = 0x0110
 PREAMBLE_END = 132  # 128 bytes of preamble, then "DICM"
 BATCH = 50  # parts at most in one transaction: the write lock is held for its rows only
 PAUSE = 0.05  # seconds without a new complete part after which the waiting parts are stored
+# complete parts are examined and prepared here while the rest of the body arrives
+_EXAMINING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stow-examine")
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Part:
     too_big: bool = False
     head: bytes | None = b""  # the first bytes, until it is known whether the preamble is there
     digest: object = field(default_factory=hashlib.sha256)  # of the bytes written, preamble included
+    examined: Future | None = None  # ``_examine_and_prepare``, begun when the part is complete
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -131,8 +137,6 @@ class PartReader:
 
     def _end(self) -> None:
         self.current.finish()
-        if not self.current.too_big:
-            self.store.begin_sync(self.current.path)
         self.finished.append(self.current)
         self.current = None
 
@@ -191,6 +195,11 @@ def _examine(runtime, part: Part, study_uid: str | None) -> Outcome | service.Ar
     return arrival
 
 
+def _examine_and_prepare(runtime, part: Part, study_uid: str | None) -> Outcome | service.Arrival:
+    found = _examine(runtime, part, study_uid)
+    return service.prepare(found, runtime=runtime) if isinstance(found, service.Arrival) else found
+
+
 def _outcome(part: Part, result: service.Ingested) -> Outcome:
     if result.ok:
         return Outcome(result.sop_class_uid, result.sop_uid, result.study_uid, result.series_uid)
@@ -199,13 +208,14 @@ def _outcome(part: Part, result: service.Ingested) -> Outcome:
                    failure=failure_reason(result.kind), reason=result.reason)
 
 
-def _ingest(runtime, parts: list[Part], study_uid: str | None, actor: str) -> list[Outcome]:
-    """Store complete parts in one transaction (in a worker thread); their scratch files are
-    removed afterwards, whatever became of them."""
+def _ingest(runtime, parts: list[Part], actor: str) -> list[Outcome]:
+    """Store complete, examined parts in one transaction (in a worker thread); their scratch
+    files are removed afterwards, whatever became of them."""
     with ExitStack() as stack:
         for part in parts:
             stack.enter_context(part.stack)
-        examined = [_examine(runtime, part, study_uid) for part in parts]
+        wait([part.examined for part in parts])  # none is still reading a file about to be removed
+        examined = [part.examined.result() for part in parts]
         arrivals = [found for found in examined if isinstance(found, service.Arrival)]
         if arrivals:
             with runtime.sessions() as session:
@@ -226,6 +236,9 @@ class Batches:
         self._closed = False
 
     def add(self, parts: list[Part]) -> None:
+        for part in parts:  # in the request's context: its language words the refusals
+            part.examined = _EXAMINING.submit(contextvars.copy_context().run, _examine_and_prepare,
+                                              self.runtime, part, self.study_uid)
         if parts:
             self.waiting += parts
             self._more.set()
@@ -245,10 +258,11 @@ class Batches:
                     self._more.clear()
                     continue
             batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
-            self.outcomes += await run_in_threadpool(_ingest, self.runtime, batch, self.study_uid, self.actor)
+            self.outcomes += await run_in_threadpool(_ingest, self.runtime, batch, self.actor)
 
     def discard(self) -> None:
         """Remove the scratch files of parts that were never stored (the store failed)."""
+        wait([part.examined for part in self.waiting])
         for part in self.waiting:
             part.stack.close()
         self.waiting = []

@@ -64,6 +64,7 @@ class Arrival:
     path: Path
     result: Ingested
     fields: dict | None = None
+    prepared: bool = False  # its file made durable where it will be stored (``prepare``)
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -83,11 +84,20 @@ def examine(path: Path, *, runtime, sha256: str | None = None) -> Arrival:
 def ingest(session: Session, path: Path, *, runtime, actor: str = "system", source: str = "import",
            sha256: str | None = None) -> Ingested:
     """Store one DICOM file (a scratch file the caller owns and removes). Never raises for bad input."""
-    arrival = examine(path, runtime=runtime, sha256=sha256)
+    arrival = prepare(examine(path, runtime=runtime, sha256=sha256), runtime=runtime)
     if arrival.fields is not None:
-        runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path)])
         _settle(session, [arrival], runtime=runtime, actor=actor, source=source)
     return arrival.result
+
+
+def prepare(arrival: Arrival, *, runtime) -> Arrival:
+    """Make an examined file durable where it is to be stored (its folders made and synced),
+    so that ``ingest_many`` has only its rows and a rename left: a receiver calls this for each
+    file as it arrives, while the rest is still on its way."""
+    if arrival.fields is not None and not arrival.prepared:
+        runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path)])
+        arrival.prepared = True
+    return arrival
 
 
 def ingest_many(session: Session, arrivals: list[Arrival], *, runtime, actor: str = "system",
@@ -96,7 +106,8 @@ def ingest_many(session: Session, arrivals: list[Arrival], *, runtime, actor: st
     result of each, in order. A refused file refuses only itself, and a failure of the store is
     retried file by file, so that only the files it concerns are refused (kind ``unavailable``)."""
     waiting = [arrival for arrival in arrivals if arrival.fields is not None]
-    runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path) for arrival in waiting])
+    if unprepared := [(_blob_key_of(arrival), arrival.path) for arrival in waiting if not arrival.prepared]:
+        runtime.blobs.prepare(unprepared)
     try:
         _settle(session, waiting, runtime=runtime, actor=actor, source=source)
     except Exception:

@@ -329,6 +329,10 @@ def test_stow_stores_all_some_or_none(pacs, session):
     assert [(value(f, "00081155"), value(f, "00081197")) for f in failed] == [(broken.SOPInstanceUID, 0xA900)]
     assert [value(r, "00081155") for r in some.json()["00081199"]["Value"]] == [fresh.SOPInstanceUID]
     assert "patient ID" in some.headers["warning"]
+    again = synthetic.study(synthetic.StudySpec(patient_id="ST-1", study_uid=spec.study_uid, instances=1))[0]
+    # parts are examined in threads of their own: the reason is still in the sender's language
+    spanish = stow(pacs, [again, broken], **{"Accept-Language": "es"})
+    assert spanish.status_code == 202 and "El archivo no tiene identificador de paciente" in spanish.headers["warning"]
 
     other_study = synthetic.study(synthetic.StudySpec(patient_id="ST-1", instances=1))
     none = stow(pacs, other_study, path=f"/dicomweb/studies/{spec.study_uid}")

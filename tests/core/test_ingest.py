@@ -170,6 +170,28 @@ def test_counts_are_added_in_sql_and_the_sessions_rows_show_the_sums(runtime, se
     assert sorted(per_series) == [2, 3]
 
 
+def test_a_file_prepared_on_arrival_is_only_moved_by_the_store(runtime, session, tmp_path):
+    """A receiver prepares each file as it arrives (``service.prepare``): its folders are made
+    then, and the transaction has only the rename left. A refused file is never prepared."""
+    from core.studies import blobs, service
+
+    [good] = ct_files(tmp_path, patient_id="EARLY-1", instances=1)
+    asked = []
+    prepare = runtime.blobs.prepare
+    runtime.blobs.prepare = lambda items: (asked.append([key for key, _source in items]), prepare(items))
+    with ExitStack() as scratch:
+        copies = [scratch.enter_context(blobs.scratch_file(runtime.blobs, ".dcm")) for _ in range(2)]
+        copies[0].write_bytes(good.read_bytes())
+        copies[1].write_bytes(b"not dicom")
+        arrivals = [service.prepare(service.examine(copy, runtime=runtime), runtime=runtime) for copy in copies]
+        assert [arrival.prepared for arrival in arrivals] == [True, False]
+        [[key]] = asked
+        assert runtime.blobs.local_path(key).parent.is_dir() and blob_files(runtime) == set()
+        results = service.ingest_many(session, arrivals, runtime=runtime)
+    assert [r.outcome for r in results] == ["stored", "refused"]
+    assert asked == [[key]] and blob_files(runtime) == {key}  # not prepared a second time
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_a_malformed_file_is_refused_with_a_reason_and_leaves_nothing(case, runtime, session, tmp_path):
     data = _malformed(tmp_path, case)
