@@ -103,7 +103,6 @@ def app_of_environment_site() -> FastAPI:
     return create_app(load_site(os.environ["FILMLESS_SITE"]))
 
 
-
 def _refuse_undeclared(owner: str, routes) -> None:
     undeclared = [getattr(r, "path", repr(r)) for r in access.flatten(routes) if access.declared_rule(r) is None]
     if undeclared:
