@@ -260,9 +260,10 @@ class Batches:
             batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
             self.outcomes += await run_in_threadpool(_ingest, self.runtime, batch, self.actor)
 
-    def discard(self) -> None:
-        """Remove the scratch files of parts that were never stored (the store failed)."""
-        wait([part.examined for part in self.waiting])
+    async def discard(self) -> None:
+        """Remove the scratch files of parts that were never stored (the store failed), once
+        their examinations have let go of them."""
+        await asyncio.gather(*(asyncio.wrap_future(part.examined) for part in self.waiting), return_exceptions=True)
         for part in self.waiting:
             part.stack.close()
         self.waiting = []
@@ -307,7 +308,7 @@ async def _store(request: Request, study_uid: str | None):
         try:
             await storing
         finally:
-            batches.discard()
+            await batches.discard()
     if not batches.outcomes:
         raise HTTPException(status_code=400, detail=_("The multipart body has no instances."))
     return _answer(request, batches.outcomes)

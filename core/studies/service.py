@@ -95,7 +95,12 @@ def prepare(arrival: Arrival, *, runtime) -> Arrival:
     so that ``ingest_many`` has only its rows and a rename left: a receiver calls this for each
     file as it arrives, while the rest is still on its way."""
     if arrival.fields is not None and not arrival.prepared:
-        runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path)])
+        try:
+            runtime.blobs.prepare([(_blob_key_of(arrival), arrival.path)])
+        except OSError:  # a full disk, a folder that cannot be made: this file is refused, no other
+            _unavailable(arrival)
+            arrival.fields = None
+            return arrival
         arrival.prepared = True
     return arrival
 

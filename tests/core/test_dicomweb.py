@@ -380,6 +380,23 @@ def test_a_body_longer_than_one_batch_is_stored_whole_in_order(pacs, session):
     assert len(pacs.get(f"/dicomweb/studies/{spec.study_uid}/metadata").json()) == BATCH + 3
 
 
+def test_parts_the_store_cannot_keep_are_refused_and_leave_nothing(pacs, runtime, session):
+    blocked = runtime.blobs.root / "dicom"
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("not a folder")  # the instances' folders cannot be made, as on a full disk
+    datasets = synthetic.study(synthetic.StudySpec(patient_id="ST-FULL", instances=2, rows=8, columns=8))
+    answer = stow(pacs, datasets)
+    assert answer.status_code == 409, answer.text
+    failed = answer.json()["00081198"]["Value"]
+    assert [(value(f, "00081155"), value(f, "00081197")) for f in failed] == [
+        (ds.SOPInstanceUID, 0xA700) for ds in datasets]
+    assert "please send it again later" in answer.headers["warning"]
+    assert list(runtime.blobs.scratch.glob("*.part")) == [] and list(runtime.blobs.scratch.glob("*.claim")) == []
+    assert session.scalar(select(Patient).where(Patient.patient_id == "ST-FULL")) is None
+    blocked.unlink()
+    assert stow(pacs, datasets).status_code == 200  # sent again once the store can keep them
+
+
 def test_stow_refuses_wrong_types_strangers_and_oversized_parts(pacs, app, make_account, custom_client):
     instance = synthetic.study(synthetic.StudySpec(patient_id="ST-2", instances=1))
     body, _content_type = multipart_body(instance)
